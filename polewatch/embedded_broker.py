@@ -1,0 +1,64 @@
+"""An MQTT broker that needs no system package, for the demo and the tests' second broker.
+
+amqtt is pure Python and speaks MQTT 3.1.1 only; it is far too slow for a city fleet, so production
+runs Mosquitto (see README). It keeps queued QoS 1 messages of a persistent session only for
+clients that authenticated, so this wrapper always turns on password-file authentication.
+
+Run as its own process (`python -m polewatch.embedded_broker`) so that the demo and the tests can
+kill and restart it like a real broker.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+from pathlib import Path
+
+from pwdlib import PasswordHash
+from pwdlib.hashers.argon2 import Argon2Hasher
+
+
+def write_password_file(path: Path, users: dict[str, str]) -> None:
+    """Write an amqtt password file (argon2 hashes) for `users` (name -> password)."""
+    hasher = PasswordHash((Argon2Hasher(),))
+    lines = [f"{name}:{hasher.hash(password)}" for name, password in users.items()]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    path.chmod(0o600)
+
+
+async def serve(host: str, port: int, password_file: Path) -> None:
+    from amqtt.broker import Broker  # imported here: amqtt is only in the demo extra
+
+    config = {
+        "listeners": {"default": {"type": "tcp", "bind": f"{host}:{port}"}},
+        "plugins": {
+            "amqtt.plugins.authentication.FileAuthPlugin": {"password_file": str(password_file)},
+        },
+    }
+    broker = Broker(config)
+    await broker.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    print(f"embedded broker listening on {host}:{port}", flush=True)
+    await stop.wait()
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(broker.shutdown(), timeout=5)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0] if __doc__ else None)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--password-file", type=Path, required=True)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    asyncio.run(serve(args.host, args.port, args.password_file))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,208 @@
+"""Message models of wire contract v1.
+
+Every MQTT payload is one JSON envelope: who sent it, in what order, when (wall clock and the box's
+monotonic clock, because a pole's RTC drifts while it is offline), what kind, and a typed body.
+Receivers parse with `decode`, which never raises anything but `MessageError`, so a malformed or
+hostile payload costs one log line and a counter, never a crashed ingest loop.
+
+Bodies ignore fields they do not know: a newer agent may add fields without breaking an older
+server. Removing or retyping a field is a new schema version (and a new topic prefix).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import datetime, timezone
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    model_validator,
+)
+
+from .ids import new_message_id
+from .topics import DEVICE_ID_PATTERN, ParsedTopic
+
+SCHEMA_VERSION = 1
+
+
+class MessageError(ValueError):
+    """A payload that is not a valid v1 message; the text says what is wrong with it."""
+
+
+class Body(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class Presence(Body):
+    """Retained on the presence topic: `online` on connect, `offline` as the broker's last will."""
+
+    state: Literal["online", "offline"]
+    agent_version: str | None = None
+    reason: str | None = Field(
+        default=None, description="Why the state changed: 'connected', 'shutdown', 'connection lost'."
+    )
+
+
+class CameraStatus(Body):
+    camera_id: str
+    connected: bool
+    fps: float = Field(ge=0, description="Frames per second actually delivered by the camera.")
+    frames_dropped: int = Field(default=0, ge=0, description="Frames skipped to stay on the latest one.")
+    width: int | None = None
+    height: int | None = None
+
+
+class Health(Body):
+    """Periodic health of the box, its cameras and its detector."""
+
+    agent_version: str
+    uptime_s: float = Field(ge=0)
+    cpu_percent: float = Field(ge=0)
+    memory_percent: float = Field(ge=0, le=100)
+    memory_rss_bytes: int = Field(ge=0, description="Resident memory of the agent process.")
+    disk_percent: float = Field(ge=0, le=100)
+    disk_free_bytes: int = Field(ge=0)
+    temperature_c: float | None = Field(default=None, description="SoC temperature where the box has a sensor.")
+    cameras: list[CameraStatus] = Field(default_factory=list)
+    inference_ms: float | None = Field(default=None, ge=0, description="Mean detector time per frame.")
+    detect_fps: float | None = Field(default=None, ge=0, description="Frames per second run through detection.")
+    outbox_pending: int = Field(default=0, ge=0, description="Messages on disk waiting for the broker.")
+
+
+class Box(Body):
+    """A box in normalised frame coordinates (0..1), so it survives a change of camera resolution."""
+
+    x1: float = Field(ge=0, le=1)
+    y1: float = Field(ge=0, le=1)
+    x2: float = Field(ge=0, le=1)
+    y2: float = Field(ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Box:
+        if self.x2 < self.x1 or self.y2 < self.y1:
+            raise ValueError("box corners are out of order: need x1 <= x2 and y1 <= y2")
+        return self
+
+
+class Detection(Body):
+    """An object seen by a camera. One `event_id` follows one tracked object from start to end."""
+
+    event_id: str = Field(min_length=1, max_length=80)
+    phase: Literal["start", "update", "end"] = "start"
+    camera_id: str = Field(min_length=1, max_length=64)
+    label: str = Field(min_length=1, max_length=64)
+    score: float = Field(ge=0, le=1)
+    box: Box
+    frame_time: AwareDatetime
+    frame_width: int = Field(gt=0)
+    frame_height: int = Field(gt=0)
+
+
+class _Envelope(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    v: Literal[1] = Field(default=SCHEMA_VERSION, description="Schema version of the envelope and bodies.")
+    id: str = Field(
+        pattern=r"^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$",
+        description="UUIDv7: unique and time-ordered; the server deduplicates on it.",
+    )
+    device_id: str = Field(pattern=DEVICE_ID_PATTERN)
+    seq: int = Field(ge=0, description="Per-device sequence number, kept across restarts.")
+    sent_at: AwareDatetime = Field(description="Wall-clock time on the box when the message was made.")
+    mono: float = Field(ge=0, description="The box's monotonic clock (s) when the message was made.")
+
+
+class PresenceMessage(_Envelope):
+    kind: Literal["presence"] = "presence"
+    body: Presence
+
+
+class HealthMessage(_Envelope):
+    kind: Literal["health"] = "health"
+    body: Health
+
+
+class DetectionMessage(_Envelope):
+    kind: Literal["detection"] = "detection"
+    body: Detection
+
+
+Message = Annotated[Union[PresenceMessage, HealthMessage, DetectionMessage], Field(discriminator="kind")]
+AnyMessage = Union[PresenceMessage, HealthMessage, DetectionMessage]
+
+_MESSAGE_ADAPTER: TypeAdapter[AnyMessage] = TypeAdapter(Message)
+_BY_BODY: dict[type[Body], type[AnyMessage]] = {
+    Presence: PresenceMessage,
+    Health: HealthMessage,
+    Detection: DetectionMessage,
+}
+KINDS: tuple[str, ...] = ("presence", "health", "detection")
+
+
+def build(body: Body, *, device_id: str, seq: int) -> AnyMessage:
+    """Wrap a body in a fresh envelope (new id, both clocks read now)."""
+    cls = _BY_BODY[type(body)]
+    return cls(
+        id=new_message_id(),
+        device_id=device_id,
+        seq=seq,
+        sent_at=datetime.now(timezone.utc),
+        mono=time.monotonic(),
+        body=body,  # type: ignore[arg-type]  # _BY_BODY pairs each body type with its message class
+    )
+
+
+def encode(message: AnyMessage) -> bytes:
+    return message.model_dump_json().encode()
+
+
+def _describe(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors(include_url=False)[:5]:
+        where = ".".join(str(p) for p in err["loc"]) or "message"
+        parts.append(f"{where}: {err['msg']}")
+    return "; ".join(parts)
+
+
+def decode(payload: bytes | str, topic: ParsedTopic | None = None) -> AnyMessage:
+    """Parse and validate one payload; with `topic`, also check it matches the envelope.
+
+    The topic check stops a box from speaking for another one in the envelope: the broker ACL
+    confines the topic, so the topic is the identity we trust.
+    """
+    try:
+        raw: Any = json.loads(payload)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise MessageError(f"payload is not JSON: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise MessageError(f"payload is a JSON {type(raw).__name__}, expected an object")
+    kind = raw.get("kind")
+    if kind not in KINDS:
+        raise MessageError(f"unknown message kind {kind!r}; v1 knows {', '.join(KINDS)}")
+    try:
+        message = _MESSAGE_ADAPTER.validate_python(raw)
+    except ValidationError as exc:
+        raise MessageError(f"invalid {kind} message: {_describe(exc)}") from exc
+    if topic is not None:
+        if topic.device_id != message.device_id:
+            raise MessageError(
+                f"envelope device_id {message.device_id!r} does not match topic device {topic.device_id!r}"
+            )
+        if topic.kind != message.kind:
+            raise MessageError(f"envelope kind {message.kind!r} does not match topic kind {topic.kind!r}")
+    return message
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema of every v1 message, as checked into docs/schema/."""
+    schema = _MESSAGE_ADAPTER.json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "Polewatch MQTT message, wire contract v1"
+    return schema

@@ -1,0 +1,38 @@
+"""Fixtures that start the real parts the tests need."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from support import brokers
+from support.brokers import BrokerProcess
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+
+
+@pytest.fixture(params=["mosquitto", "amqtt"])
+def broker(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[BrokerProcess]:
+    """A real broker of each kind, on a random loopback port, with the accounts in brokers.USERS."""
+    if request.param == "amqtt":
+        pytest.importorskip("amqtt", reason="the embedded broker needs the demo extra")
+    handle = brokers.start(request.param, tmp_path / request.param)
+    yield handle
+    handle.stop()
+
+
+@pytest.fixture
+def mosquitto_broker(tmp_path: Path) -> Iterator[BrokerProcess]:
+    handle = brokers.mosquitto(tmp_path / "mosquitto")
+    yield handle
+    handle.stop()
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    """../shared beside the repository: the reference models and the full footage."""
+    if not SHARED.is_dir():
+        pytest.skip(f"{SHARED} is absent: this test needs the shared reference models and footage")
+    return SHARED

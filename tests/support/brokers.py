@@ -1,0 +1,147 @@
+"""Real MQTT brokers started by the tests on random loopback ports.
+
+Mosquitto is what users run; the embedded amqtt broker is what the demo runs. Integration tests are
+parametrised over both so that each guarantee holds on each.
+"""
+
+from __future__ import annotations
+
+
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .ports import free_port, wait_for_port
+from .required import require_binary
+
+# Every broker the tests start knows these accounts (name -> password).
+USERS: dict[str, str] = {
+    "fleet-server": "server-secret",
+    "pole-a": "secret-a",
+    "pole-b": "secret-b",
+    "pole-c": "secret-c",
+    "tester": "tester-secret",
+}
+
+
+@dataclass
+class BrokerProcess:
+    """A broker child process that a test can stop, kill and start again on the same port."""
+
+    kind: str
+    workdir: Path
+    port: int
+    command: list[str]
+    users: dict[str, str] = field(default_factory=lambda: dict(USERS))
+    host: str = "127.0.0.1"
+    proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        log = (self.workdir / f"{self.kind}.log").open("ab")
+        self.proc = subprocess.Popen(self.command, stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir)
+        try:
+            wait_for_port(self.port, timeout=20)
+        except TimeoutError:
+            self.stop()
+            raise RuntimeError(f"{self.kind} did not start; see {self.workdir / (self.kind + '.log')}") from None
+
+    def kill(self) -> None:
+        """SIGKILL: a crash, not a clean shutdown."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(timeout=10)
+        self.proc = None
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+        self.proc = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+
+def mosquitto(workdir: Path) -> BrokerProcess:
+    binary = require_binary(
+        "mosquitto",
+        "install Debian's package (apt-get install mosquitto)",
+        candidates=("/usr/sbin/mosquitto",),
+    )
+    passwd = require_binary("mosquitto_passwd", "it comes with Debian's mosquitto package")
+    workdir.mkdir(parents=True, exist_ok=True)
+    password_file = workdir / "passwd"
+    password_file.write_text("")
+    for name, password in USERS.items():
+        subprocess.run([passwd, "-b", str(password_file), name, password], check=True, capture_output=True)
+    password_file.chmod(0o600)
+    port = free_port()
+    conf = workdir / "mosquitto.conf"
+    conf.write_text(
+        "\n".join(
+            [
+                f"listener {port} 127.0.0.1",
+                "allow_anonymous false",
+                f"password_file {password_file}",
+                "persistence true",
+                f"persistence_location {workdir}/",
+                "autosave_interval 1",
+                "autosave_on_changes true",
+                "max_queued_messages 100000",
+                "log_dest stdout",
+                "log_type error",
+                "log_type warning",
+                "log_type notice",
+                "",
+            ]
+        )
+    )
+    broker = BrokerProcess(kind="mosquitto", workdir=workdir, port=port, command=[binary, "-c", str(conf)])
+    broker.start()
+    return broker
+
+
+def embedded(workdir: Path) -> BrokerProcess:
+    from polewatch.embedded_broker import write_password_file
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    password_file = workdir / "passwd"
+    write_password_file(password_file, USERS)
+    port = free_port()
+    command = [
+        sys.executable,
+        "-m",
+        "polewatch.embedded_broker",
+        "--port",
+        str(port),
+        "--password-file",
+        str(password_file),
+    ]
+    broker = BrokerProcess(kind="amqtt", workdir=workdir, port=port, command=command)
+    broker.start()
+    # amqtt accepts TCP a moment before it answers CONNECT; give it that moment.
+    time.sleep(0.3)
+    return broker
+
+
+def start(kind: str, workdir: Path) -> BrokerProcess:
+    if kind == "mosquitto":
+        return mosquitto(workdir)
+    if kind == "amqtt":
+        return embedded(workdir)
+    raise ValueError(f"unknown broker kind {kind!r}")
+
+
+
