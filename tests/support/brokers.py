@@ -7,6 +7,7 @@ parametrised over both so that each guarantee holds on each.
 from __future__ import annotations
 
 
+import os
 import signal
 import subprocess
 import sys
@@ -104,6 +105,9 @@ def mosquitto(workdir: Path) -> BrokerProcess:
                 "log_type error",
                 "log_type warning",
                 "log_type notice",
+                # Run as root (CI), mosquitto would drop to user 'mosquitto', who cannot read the
+                # test's private temp dir; a test broker keeps the identity of the test.
+                *(["user root"] if os.geteuid() == 0 else []),
                 "",
             ]
         )

@@ -1,0 +1,97 @@
+"""`polewatch agent ...`: what runs on the pole box, and the checks a technician runs there."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from polewatch.logs import setup_logging
+
+from .config import AgentConfig, ConfigError, load_config
+
+app = typer.Typer(help="Run the pole agent and check its configuration.", no_args_is_help=True)
+err = Console(stderr=True)
+
+ConfigPath = Annotated[
+    Path, typer.Option("--config", "-c", help="The agent's YAML config file.", envvar="POLEWATCH_AGENT_CONFIG")
+]
+
+
+def _load(path: Path) -> AgentConfig:
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        err.print("Fix the config file and run the command again (see README, 'Agent configuration').")
+        raise typer.Exit(2) from None
+
+
+@app.command()
+def run(config: ConfigPath) -> None:
+    """Watch the cameras, detect, and report to the broker until stopped (Ctrl-C or SIGTERM)."""
+    cfg = _load(config)
+    setup_logging(cfg.log_level)
+    from .runtime import Agent  # heavy imports (OpenCV, onnxruntime) only when running
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await Agent(cfg).run(stop)
+
+    asyncio.run(main())
+
+
+@app.command("check-config")
+def check_config(config: Annotated[Path, typer.Argument(help="The agent's YAML config file.")]) -> None:
+    """Validate a config file and show what the agent would do with it."""
+    cfg = _load(config)
+    table = Table(title=f"{config}: valid", show_header=False)
+    table.add_row("device", cfg.device_id)
+    table.add_row("broker", f"{cfg.mqtt.host}:{cfg.mqtt.port} ({'TLS' if cfg.mqtt.tls else 'plain TCP'})")
+    table.add_row("state dir", str(cfg.state_dir))
+    for cam in cfg.cameras:
+        table.add_row(f"camera {cam.id}", cam.url)
+    table.add_row("detect", f"{cfg.detect.fps:g} fps, labels: {', '.join(cfg.detect.labels)}")
+    Console().print(table)
+
+
+@app.command()
+def detect(
+    source: Annotated[str, typer.Argument(help="An image, a video file or a camera URL.")],
+    frame: Annotated[int, typer.Option(help="0-based frame index to look at in a video.")] = 0,
+    model: Annotated[Path | None, typer.Option(help="ONNX model with its .json sidecar.")] = None,
+    score: Annotated[float, typer.Option(help="Minimum score to show.")] = 0.35,
+) -> None:
+    """Run the detector on one frame and print what it sees (a quick check of camera and model)."""
+    import cv2
+
+    from .inference.detector import load_detector
+
+    image = cv2.imread(source) if Path(source).suffix.lower() in {".jpg", ".jpeg", ".png", ".bmp"} else None
+    if image is None:
+        cap = cv2.VideoCapture(source)
+        if not cap.isOpened():
+            err.print(f"[red]error:[/red] cannot open {source!r}: check the path or the camera URL")
+            raise typer.Exit(1)
+        cap.set(cv2.CAP_PROP_POS_FRAMES, frame)
+        ok, image = cap.read()
+        cap.release()
+        if not ok:
+            err.print(f"[red]error:[/red] {source!r} has no frame {frame}")
+            raise typer.Exit(1)
+    detector = load_detector(model, score_threshold=score)
+    found = detector.detect(image)
+    table = Table(title=f"{len(found)} detections ({detector.provider}, {detector.mean_inference_ms or 0:.1f} ms)")
+    for col in ("label", "score", "x1", "y1", "x2", "y2"):
+        table.add_column(col, justify="right" if col != "label" else "left")
+    for d in sorted(found, key=lambda d: -d.score):
+        table.add_row(d.label, f"{d.score:.2f}", *(f"{v:.0f}" for v in (d.x1, d.y1, d.x2, d.y2)))
+    Console().print(table)

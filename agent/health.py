@@ -1,0 +1,74 @@
+"""What the box reports about itself every few seconds.
+
+The command centre cannot walk to a pole to see why it is quiet; this snapshot is how it tells a
+hot, full or overloaded box from a dead camera. psutil reads the numbers portably (Pi, Jetson, x86).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+import psutil
+
+from polewatch.protocol import CameraStatus, Health
+
+from .capture.source import FrameSource
+
+
+def soc_temperature() -> float | None:
+    """The hottest reading of the SoC sensors, or None where the box has none (most VMs)."""
+    read = getattr(psutil, "sensors_temperatures", None)
+    if read is None:
+        return None
+    try:
+        sensors = read()
+    except OSError:
+        return None
+    readings = [entry.current for entries in sensors.values() for entry in entries if entry.current]
+    return max(readings) if readings else None
+
+
+class HealthProbe:
+    def __init__(self, agent_version: str, state_dir: Path) -> None:
+        self.agent_version = agent_version
+        self.state_dir = state_dir
+        self.started = time.monotonic()
+        self._process = psutil.Process()
+        psutil.cpu_percent(interval=None)  # prime: the first call has nothing to compare with
+
+    def snapshot(
+        self,
+        cameras: Iterable[FrameSource],
+        *,
+        inference_ms: float | None,
+        detect_fps: float | None,
+        outbox_pending: int,
+    ) -> Health:
+        disk = psutil.disk_usage(str(self.state_dir))
+        memory = psutil.virtual_memory()
+        return Health(
+            agent_version=self.agent_version,
+            uptime_s=time.monotonic() - self.started,
+            cpu_percent=psutil.cpu_percent(interval=None),
+            memory_percent=memory.percent,
+            memory_rss_bytes=self._process.memory_info().rss,
+            disk_percent=disk.percent,
+            disk_free_bytes=disk.free,
+            temperature_c=soc_temperature(),
+            cameras=[
+                CameraStatus(
+                    camera_id=cam.camera_id,
+                    connected=cam.connected,
+                    fps=round(cam.fps(), 2),
+                    frames_dropped=cam.frames_dropped,
+                    width=cam.width,
+                    height=cam.height,
+                )
+                for cam in cameras
+            ],
+            inference_ms=None if inference_ms is None else round(inference_ms, 2),
+            detect_fps=None if detect_fps is None else round(detect_fps, 2),
+            outbox_pending=outbox_pending,
+        )

@@ -1,0 +1,157 @@
+"""The fleet server's tables, as typed SQLAlchemy 2 ORM models.
+
+One schema for SQLite (the embedded default) and PostgreSQL (production), so only portable types
+are used, with per-dialect variants where one engine has a better native type (JSONB, BIGINT
+identity). Timestamps are stored in UTC and always come back timezone-aware, whatever the engine.
+The migrations in migrations/versions must produce exactly this metadata; a test compares them.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Dialect,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    TypeDecorator,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+# Deterministic constraint names, so a later migration can drop or alter them by name on both
+# engines (SQLite batch mode needs names to find them).
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+# Row ids that the console uses as SSE cursors must only ever grow: BIGINT on PostgreSQL, and on
+# SQLite an INTEGER PRIMARY KEY (the rowid) declared AUTOINCREMENT so deleted ids are never reused.
+RowId = BigInteger().with_variant(Integer(), "sqlite")
+JsonDoc = JSON().with_variant(JSONB(), "postgresql")
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """A timestamp that is written as UTC and read back timezone-aware on every engine.
+
+    SQLite has no time zone type and returns naive values; without this the API would mix naive and
+    aware datetimes depending on the engine.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value!r}: the fleet server stores aware UTC times only")
+        return value.astimezone(timezone.utc)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=timezone.utc)
+        return value.astimezone(timezone.utc)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class Device(Base):
+    """One box on a pole, as last heard from. Created by the first message it sends."""
+
+    __tablename__ = "devices"
+
+    device_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    first_seen: Mapped[datetime] = mapped_column(UtcDateTime())
+    last_seen: Mapped[datetime] = mapped_column(UtcDateTime(), doc="Server time of the last message.")
+    online: Mapped[bool] = mapped_column(Boolean(), default=False)
+    presence_reason: Mapped[str | None] = mapped_column(String(200), default=None)
+    agent_version: Mapped[str | None] = mapped_column(String(64), default=None)
+    last_presence_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), default=None)
+    last_health: Mapped[dict[str, Any] | None] = mapped_column(JsonDoc, default=None)
+    last_health_at: Mapped[datetime | None] = mapped_column(
+        UtcDateTime(), default=None, doc="sent_at of the health in last_health."
+    )
+
+
+class Event(Base):
+    """One detection message. A tracked object (event_id) has several rows: start, updates, end."""
+
+    __tablename__ = "events"
+    __table_args__ = (
+        Index("ix_events_device_id_id", "device_id", "id"),
+        Index("ix_events_label_id", "label", "id"),
+        {"sqlite_autoincrement": True},
+    )
+
+    id: Mapped[int] = mapped_column(RowId, primary_key=True, autoincrement=True)
+    message_id: Mapped[str] = mapped_column(String(36), unique=True)
+    device_id: Mapped[str] = mapped_column(String(64), ForeignKey("devices.device_id"))
+    seq: Mapped[int] = mapped_column(BigInteger())
+    camera_id: Mapped[str] = mapped_column(String(64))
+    event_id: Mapped[str] = mapped_column(String(80), doc="Track id: one object from start to end.")
+    phase: Mapped[str] = mapped_column(String(8))
+    label: Mapped[str] = mapped_column(String(64))
+    score: Mapped[float] = mapped_column(Float())
+    x1: Mapped[float] = mapped_column(Float())
+    y1: Mapped[float] = mapped_column(Float())
+    x2: Mapped[float] = mapped_column(Float())
+    y2: Mapped[float] = mapped_column(Float())
+    frame_width: Mapped[int] = mapped_column(Integer())
+    frame_height: Mapped[int] = mapped_column(Integer())
+    frame_time: Mapped[datetime] = mapped_column(UtcDateTime())
+    sent_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    received_at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
+class HealthSample(Base):
+    """Every health message, for history and charts; devices.last_health holds the newest."""
+
+    __tablename__ = "health_samples"
+    __table_args__ = (Index("ix_health_samples_device_id_sent_at", "device_id", "sent_at"),)
+
+    id: Mapped[int] = mapped_column(RowId, primary_key=True, autoincrement=True)
+    message_id: Mapped[str] = mapped_column(String(36), unique=True)
+    device_id: Mapped[str] = mapped_column(String(64), ForeignKey("devices.device_id"))
+    seq: Mapped[int] = mapped_column(BigInteger())
+    sent_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    received_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    body: Mapped[dict[str, Any]] = mapped_column(JsonDoc)
+
+
+class PresenceChange(Base):
+    """Every presence message: the online/offline history, and the dedup key for presence.
+
+    Retained presence is delivered again on every (re)subscribe; the unique message id is what
+    makes that replay a no-op.
+    """
+
+    __tablename__ = "presence_changes"
+    __table_args__ = (Index("ix_presence_changes_device_id_id", "device_id", "id"),)
+
+    id: Mapped[int] = mapped_column(RowId, primary_key=True, autoincrement=True)
+    message_id: Mapped[str] = mapped_column(String(36), unique=True)
+    device_id: Mapped[str] = mapped_column(String(64), ForeignKey("devices.device_id"))
+    seq: Mapped[int] = mapped_column(BigInteger())
+    state: Mapped[str] = mapped_column(String(8))
+    reason: Mapped[str | None] = mapped_column(String(200))
+    agent_version: Mapped[str | None] = mapped_column(String(64))
+    sent_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    received_at: Mapped[datetime] = mapped_column(UtcDateTime())

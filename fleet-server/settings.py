@@ -1,0 +1,58 @@
+"""What one fleet-server replica needs to know to run.
+
+A plain pydantic model rather than a settings framework: the CLI maps its flags (and their
+POLEWATCH_* environment variables) onto it, and tests build it directly, so there is exactly one
+place where defaults live.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+
+DEFAULT_DATABASE_URL = "sqlite:///var/fleet-server.sqlite3"
+
+
+class Settings(BaseModel):
+    """Configuration of one fleet-server process (HTTP API + console + MQTT ingest)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    database_url: str = Field(
+        default=DEFAULT_DATABASE_URL,
+        description="SQLAlchemy URL. SQLite (relative paths are from the working directory) "
+        "or PostgreSQL (postgresql+psycopg://...).",
+    )
+    mqtt_host: str = "127.0.0.1"
+    mqtt_port: int = Field(default=1883, ge=1, le=65535)
+    mqtt_username: str | None = "fleet-server"
+    mqtt_password: SecretStr | None = Field(
+        default=None, description="Kept out of reprs and logs; the CLI reads POLEWATCH_MQTT_PASSWORD."
+    )
+    mqtt_client_id: str = Field(
+        default="polewatch-fleet-server-1",
+        min_length=1,
+        max_length=128,
+        description="Fixed per replica so the broker keeps this replica's persistent session (and "
+        "the QoS 1 messages queued while it was away). Up to 23 characters is what every MQTT "
+        "3.1.1 broker must accept.",
+    )
+    mqtt_keepalive_s: int = Field(default=30, ge=5, le=600)
+    mqtt_reconnect_min_s: float = Field(
+        default=0.5, gt=0, description="First reconnect delay; doubles per failed attempt."
+    )
+    mqtt_reconnect_max_s: float = Field(default=30.0, gt=0, description="Cap of the reconnect delay.")
+    http_host: str = "127.0.0.1"
+    http_port: int = Field(default=8080, ge=0, le=65535, description="0 picks a free port.")
+    log_level: str = "INFO"
+
+    def mqtt_password_value(self) -> str | None:
+        return self.mqtt_password.get_secret_value() if self.mqtt_password is not None else None
+
+    def console_url(self, port: int | None = None) -> str:
+        """The URL an operator opens; a wildcard bind address is shown as loopback."""
+        host = self.http_host
+        if host in ("0.0.0.0", "::", ""):
+            host = "127.0.0.1"
+        if ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{port if port is not None else self.http_port}/"

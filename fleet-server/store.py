@@ -1,0 +1,235 @@
+"""The ingest's write path: messages in, rows out, idempotent by message id.
+
+MQTT QoS 1 is at-least-once: a message can arrive twice (a redelivery after a reconnect, a retained
+presence replayed on every subscribe, an agent resending after a lost PUBACK). Every message table
+has a UNIQUE message_id and rows are inserted with `INSERT ... ON CONFLICT DO NOTHING RETURNING id`,
+so the second copy inserts nothing and is reported as a duplicate — on SQLite and PostgreSQL alike,
+and safe with several replicas writing at once. Side effects on `devices` happen only when the
+insert did happen.
+
+Runs in one worker thread (see ingest.py): SQLite has one writer anyway, and serialising writes
+here keeps the event loop free and the row ids in commit order, which the live stream relies on.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Table, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from polewatch.protocol import AnyMessage, DetectionMessage, HealthMessage, PresenceMessage
+
+from .models import Device, Event, HealthSample, PresenceChange
+from .schemas import DeviceOut, EventOut
+
+log = logging.getLogger(__name__)
+
+
+class TransientStoreError(Exception):
+    """The database is unreachable or locked: retry later, do not drop the message."""
+
+
+@dataclass(frozen=True)
+class Received:
+    """A decoded message and the server time it arrived."""
+
+    message: AnyMessage
+    received_at: datetime
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What storing one message did, for counters and the live stream."""
+
+    duplicate: bool = False
+    error: str | None = None
+    event: EventOut | None = None
+    device: DeviceOut | None = None
+
+
+def _clip(value: str | None, length: int) -> str | None:
+    return value[:length] if value is not None else None
+
+
+class Store:
+    """Applies decoded messages to the database."""
+
+    def __init__(self, sessions: sessionmaker[Session]) -> None:
+        self._sessions = sessions
+
+    def apply_batch(self, batch: Sequence[Received]) -> list[Outcome]:
+        """Store a batch in one transaction; if that fails, fall back to one transaction per
+        message so that one bad message cannot take its neighbours down with it.
+
+        Raises TransientStoreError when the database itself is unavailable, so the caller keeps
+        the messages unacknowledged and retries.
+        """
+        try:
+            with self._sessions.begin() as session:
+                return [self._apply(session, item) for item in batch]
+        except OperationalError as exc:
+            raise TransientStoreError(str(exc.orig) if exc.orig else str(exc)) from exc
+        except SQLAlchemyError:
+            if len(batch) == 1:
+                return [self._apply_alone(batch[0])]
+        return [self._apply_alone(item) for item in batch]
+
+    def _apply_alone(self, item: Received) -> Outcome:
+        try:
+            with self._sessions.begin() as session:
+                return self._apply(session, item)
+        except OperationalError as exc:
+            raise TransientStoreError(str(exc.orig) if exc.orig else str(exc)) from exc
+        except SQLAlchemyError as exc:
+            log.error(
+                "could not store message",
+                extra={"message_id": item.message.id, "device_id": item.message.device_id, "error": str(exc)},
+            )
+            return Outcome(error=type(exc).__name__)
+
+    # --- one message -------------------------------------------------------------------------
+
+    def _apply(self, session: Session, item: Received) -> Outcome:
+        message = item.message
+        if isinstance(message, DetectionMessage):
+            return self._detection(session, message, item.received_at)
+        if isinstance(message, HealthMessage):
+            return self._health(session, message, item.received_at)
+        return self._presence(session, message, item.received_at)
+
+    def _device(self, session: Session, device_id: str, received_at: datetime) -> tuple[Device, bool]:
+        """The device row, created on first contact (race-free across replicas)."""
+        created = _insert_ignore(
+            session,
+            Device.__table__,  # type: ignore[arg-type]
+            {"device_id": device_id, "first_seen": received_at, "last_seen": received_at, "online": False},
+            conflict_column="device_id",
+            returning="device_id",
+        )
+        device = session.get(Device, device_id, with_for_update=True)
+        assert device is not None
+        if received_at > device.last_seen:
+            device.last_seen = received_at
+        if created is not None and device.last_presence_at is None:
+            # Heard from before any presence (e.g. its retained online is still on its way): it is
+            # evidently talking to the broker, so show it online until presence says otherwise.
+            device.online = True
+        return device, created is not None
+
+    def _detection(self, session: Session, msg: DetectionMessage, received_at: datetime) -> Outcome:
+        device, created = self._device(session, msg.device_id, received_at)
+        body = msg.body
+        values: dict[str, Any] = {
+            "message_id": msg.id,
+            "device_id": msg.device_id,
+            "seq": msg.seq,
+            "camera_id": body.camera_id,
+            "event_id": body.event_id,
+            "phase": body.phase,
+            "label": body.label,
+            "score": body.score,
+            "x1": body.box.x1,
+            "y1": body.box.y1,
+            "x2": body.box.x2,
+            "y2": body.box.y2,
+            "frame_width": body.frame_width,
+            "frame_height": body.frame_height,
+            "frame_time": body.frame_time,
+            "sent_at": msg.sent_at,
+            "received_at": received_at,
+        }
+        row_id = _insert_ignore(session, Event.__table__, values)  # type: ignore[arg-type]
+        if row_id is None:
+            return Outcome(duplicate=True)
+        event = EventOut.of(Event(id=row_id, **values))  # a transient copy: no second SELECT
+        return Outcome(event=event, device=DeviceOut.of(device) if created else None)
+
+    def _health(self, session: Session, msg: HealthMessage, received_at: datetime) -> Outcome:
+        device, _ = self._device(session, msg.device_id, received_at)
+        body = msg.body.model_dump(mode="json")
+        row_id = _insert_ignore(
+            session,
+            HealthSample.__table__,  # type: ignore[arg-type]
+            {
+                "message_id": msg.id,
+                "device_id": msg.device_id,
+                "seq": msg.seq,
+                "sent_at": msg.sent_at,
+                "received_at": received_at,
+                "body": body,
+            },
+        )
+        if row_id is None:
+            return Outcome(duplicate=True)
+        # An outbox draining after an outage delivers old health late: keep the newest by the
+        # device's own clock as "last health", and store every sample for history.
+        if device.last_health_at is None or msg.sent_at >= device.last_health_at:
+            device.last_health = body
+            device.last_health_at = msg.sent_at
+            device.agent_version = _clip(msg.body.agent_version, 64)
+        session.flush()
+        return Outcome(device=DeviceOut.of(device))
+
+    def _presence(self, session: Session, msg: PresenceMessage, received_at: datetime) -> Outcome:
+        device, _ = self._device(session, msg.device_id, received_at)
+        body = msg.body
+        row_id = _insert_ignore(
+            session,
+            PresenceChange.__table__,  # type: ignore[arg-type]
+            {
+                "message_id": msg.id,
+                "device_id": msg.device_id,
+                "seq": msg.seq,
+                "state": body.state,
+                "reason": _clip(body.reason, 200),
+                "agent_version": _clip(body.agent_version, 64),
+                "sent_at": msg.sent_at,
+                "received_at": received_at,
+            },
+        )
+        if row_id is None:
+            return Outcome(duplicate=True)
+        # Applied in arrival order, not by seq or sent_at: an agent builds its last-will (offline)
+        # before it connects and publishes online, so the will carries the older seq yet is the
+        # newer fact when the broker fires it. The broker delivers one client's topic in order.
+        device.online = body.state == "online"
+        device.presence_reason = _clip(body.reason, 200)
+        device.last_presence_at = msg.sent_at
+        if body.agent_version:
+            device.agent_version = _clip(body.agent_version, 64)
+        session.flush()
+        return Outcome(device=DeviceOut.of(device))
+
+
+def _insert_ignore(
+    session: Session,
+    table: Table,
+    values: dict[str, Any],
+    *,
+    conflict_column: str = "message_id",
+    returning: str = "id",
+) -> Any:
+    """INSERT ... ON CONFLICT (col) DO NOTHING RETURNING col; None when the row already existed.
+
+    The dialect's own insert construct is picked at run time: both SQLite (3.35+) and PostgreSQL
+    support this statement, with the same meaning.
+    """
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        pg = postgresql.insert(table).values(values).on_conflict_do_nothing(index_elements=[conflict_column])
+        return session.execute(pg.returning(table.c[returning])).scalar_one_or_none()
+    if dialect == "sqlite":
+        lite = sqlite.insert(table).values(values).on_conflict_do_nothing(index_elements=[conflict_column])
+        return session.execute(lite.returning(table.c[returning])).scalar_one_or_none()
+    # Any other engine: look first. Not race-free across writers, but correct for one replica.
+    exists = session.execute(select(table.c[conflict_column]).where(table.c[conflict_column] == values[conflict_column]))
+    if exists.first() is not None:
+        return None
+    return session.execute(table.insert().values(values).returning(table.c[returning])).scalar_one()

@@ -1,0 +1,205 @@
+"""`polewatch demo`: the whole system on one machine, from nothing, in one command.
+
+It starts the embedded broker, the fleet server on SQLite and simulated poles that watch the sample
+clip, each as its own process, exactly as they would run in the field (so the demo exercises the real
+CLI of each part). Children run in their own sessions, so Ctrl-C reaches only the demo, which then
+stops them in order: poles first (they publish 'offline'), then the server, then the broker.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import IO
+
+import yaml
+from rich.console import Console
+
+from .embedded_broker import write_password_file
+
+console = Console(stderr=True)
+
+
+def sample_clip() -> Path:
+    return Path(str(resources.files("polewatch") / "samples" / "vtest-clip.mp4"))
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_until(check: object, what: str, timeout: float, children: list[Child]) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for child in children:
+            child.check_alive()
+        if callable(check) and check():
+            return
+        time.sleep(0.2)
+    raise DemoError(f"{what} did not happen within {timeout:.0f} s; see the logs in the state dir")
+
+
+class DemoError(RuntimeError):
+    pass
+
+
+@dataclass
+class Child:
+    name: str
+    command: list[str]
+    log_path: Path
+    env: dict[str, str] = field(default_factory=dict)
+    proc: subprocess.Popen[bytes] | None = None
+    _log: IO[bytes] | None = None
+
+    def start(self) -> None:
+        self._log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            self.command,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **self.env},
+            start_new_session=True,
+        )
+
+    def check_alive(self) -> None:
+        if self.proc is not None and self.proc.poll() is not None:
+            tail = self.log_path.read_text(errors="replace").strip().splitlines()[-8:]
+            raise DemoError(f"{self.name} exited with code {self.proc.returncode}:\n  " + "\n  ".join(tail))
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        if self._log is not None:
+            self._log.close()
+
+
+def _http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1) as response:
+            return bool(response.status == 200)
+    except OSError:
+        return False
+
+
+def _online_devices(base: str) -> int:
+    import json
+
+    try:
+        with urllib.request.urlopen(f"{base}/api/devices", timeout=1) as response:
+            payload = json.load(response)
+    except (OSError, ValueError):
+        return 0
+    items = payload["items"] if isinstance(payload, dict) else payload
+    return sum(1 for d in items if d.get("online"))
+
+
+def build_stack(state: Path, *, http_port: int, poles: int) -> tuple[list[Child], str]:
+    """Write credentials and configs into `state` and describe the processes of the demo."""
+    python = [sys.executable, "-m", "polewatch"]
+    broker_port = free_port()
+    passwords = {"fleet-server": secrets.token_urlsafe(16)}
+    pole_ids = [f"demo-pole-{i + 1}" for i in range(poles)]
+    passwords |= {pole: secrets.token_urlsafe(16) for pole in pole_ids}
+    write_password_file(state / "broker-passwd", passwords)
+
+    children = [
+        Child(
+            "broker",
+            [sys.executable, "-m", "polewatch.embedded_broker", "--port", str(broker_port),
+             "--password-file", str(state / "broker-passwd")],
+            state / "broker.log",
+        ),
+        Child(
+            "server",
+            [*python, "server", "run", "--database-url", f"sqlite:///{state / 'fleet.db'}",
+             "--mqtt-host", "127.0.0.1", "--mqtt-port", str(broker_port), "--mqtt-username", "fleet-server",
+             "--http-host", "127.0.0.1", "--http-port", str(http_port)],
+            state / "server.log",
+            env={"POLEWATCH_MQTT_PASSWORD": passwords["fleet-server"]},
+        ),
+    ]
+    clip = sample_clip()
+    for pole in pole_ids:
+        config = {
+            "device_id": pole,
+            "state_dir": str(state / pole),
+            "mqtt": {"host": "127.0.0.1", "port": broker_port, "username": pole, "password": passwords[pole]},
+            "cameras": [{"id": "cam1", "url": str(clip), "loop": True}],
+            "detect": {"fps": 4},
+            "health_interval_s": 5,
+        }
+        path = state / f"{pole}.yaml"
+        path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+        path.chmod(0o600)
+        children.append(Child(pole, [*python, "agent", "run", "--config", str(path)], state / f"{pole}.log"))
+    return children, f"http://127.0.0.1:{http_port}"
+
+
+def run_demo(*, port: int, state_dir: Path | None, poles: int) -> int:
+    started = time.monotonic()
+    with contextlib.ExitStack() as stack:
+        if state_dir is None:
+            state = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="polewatch-demo-")))
+        else:
+            state = state_dir.resolve()
+            state.mkdir(parents=True, exist_ok=True)
+        http_port = port or free_port()
+        children, base = build_stack(state, http_port=http_port, poles=poles)
+        stop_requested = False
+
+        def request_stop(signum: int, _frame: object) -> None:
+            nonlocal stop_requested
+            stop_requested = True
+
+        signal.signal(signal.SIGINT, request_stop)
+        signal.signal(signal.SIGTERM, request_stop)
+        try:
+            with console.status("starting the embedded broker, the fleet server and the poles…"):
+                for child in children:
+                    child.start()
+                _wait_until(lambda: _http_ok(f"{base}/healthz"), "the server answering", 60, children)
+                _wait_until(lambda: _online_devices(base) >= poles, f"{poles} poles online", 120, children)
+            console.print(
+                f"[green]Polewatch demo ready[/green] in {time.monotonic() - started:.1f} s: "
+                f"{poles} poles online, detections streaming.\n"
+                f"  console:   [bold]{base}/[/bold]\n"
+                f"  API:       {base}/docs\n"
+                f"  logs & db: {state}\n"
+                "Press Ctrl-C to stop.",
+                highlight=False,
+            )
+            print(f"console: {base}/", flush=True)
+            while not stop_requested:
+                for child in children:
+                    child.check_alive()
+                time.sleep(0.5)
+            return 0
+        except DemoError as exc:
+            console.print(f"[red]demo failed:[/red] {exc}", highlight=False)
+            return 1
+        finally:
+            console.print("stopping: poles, then server, then broker…")
+            for child in reversed(children):
+                child.stop()
+            console.print("stopped cleanly.")
+    return 0

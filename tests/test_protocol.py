@@ -1,0 +1,140 @@
+"""The wire contract: what both sides rely on, tested without any network."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+
+from polewatch import protocol
+from polewatch.protocol import (
+    Box,
+    Detection,
+    Health,
+    MessageError,
+    Presence,
+    build,
+    decode,
+    encode,
+    message_id_time_ms,
+    new_message_id,
+    topics,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _detection(**overrides: object) -> Detection:
+    fields: dict[str, object] = {
+        "event_id": "t-1",
+        "camera_id": "cam1",
+        "label": "person",
+        "score": 0.8,
+        "box": Box(x1=0.1, y1=0.2, x2=0.3, y2=0.6),
+        "frame_time": datetime(2026, 11, 23, 2, 14, tzinfo=timezone.utc),
+        "frame_width": 768,
+        "frame_height": 576,
+    }
+    fields.update(overrides)
+    return Detection.model_validate(fields)
+
+
+def test_round_trip_keeps_every_field() -> None:
+    message = build(_detection(), device_id="pole-17", seq=42)
+    back = decode(encode(message), topics.parse(topics.up("pole-17", "detection")))
+    assert back == message
+    assert back.seq == 42 and back.kind == "detection" and back.v == protocol.SCHEMA_VERSION
+
+
+def test_message_ids_are_unique_and_time_ordered() -> None:
+    ids = [new_message_id() for _ in range(5000)]
+    assert len(set(ids)) == len(ids)
+    assert ids == sorted(ids)
+    now_ms = datetime.now(timezone.utc).timestamp() * 1000
+    assert abs(message_id_time_ms(ids[-1]) - now_ms) < 5000
+
+
+def test_topics_confine_each_direction_to_one_pattern() -> None:
+    assert topics.up("pole-1", "health") == "polewatch/v1/pole-1/up/health"
+    assert topics.down("pole-1", "config") == "polewatch/v1/pole-1/down/config"
+    assert topics.all_up() == "polewatch/v1/+/up/#"
+    parsed = topics.parse("polewatch/v1/pole-1/up/detection")
+    assert (parsed.device_id, parsed.direction, parsed.kind) == ("pole-1", "up", "detection")
+
+
+@pytest.mark.parametrize(
+    ("topic", "reason"),
+    [
+        ("polewatch/v2/pole-1/up/health", "version"),
+        ("polewatch/v1/pole-1/sideways/health", "direction"),
+        ("polewatch/v1/pole-1/up", "form"),
+        ("other/v1/pole-1/up/health", "form"),
+        ("polewatch/v1/bad id/up/health", "device id"),
+    ],
+)
+def test_foreign_topics_are_refused_with_a_reason(topic: str, reason: str) -> None:
+    with pytest.raises(topics.TopicError, match=reason):
+        topics.parse(topic)
+
+
+@pytest.mark.parametrize("device_id", ["", "a/b", "+", "#", "x" * 65, "-leading"])
+def test_device_ids_that_would_break_topics_are_refused(device_id: str) -> None:
+    with pytest.raises(ValueError, match="device id"):
+        topics.up(device_id, "health")
+
+
+def test_fields_from_a_newer_peer_are_tolerated() -> None:
+    raw = json.loads(encode(build(Presence(state="online"), device_id="pole-1", seq=0)))
+    raw["future_envelope_field"] = 1
+    raw["body"]["battery"] = 0.5
+    message = decode(json.dumps(raw))
+    assert isinstance(message.body, Presence) and message.body.state == "online"
+
+
+def _valid_raw() -> dict[str, object]:
+    raw: dict[str, object] = json.loads(encode(build(_detection(), device_id="pole-1", seq=1)))
+    return raw
+
+
+@pytest.mark.parametrize(
+    ("mutate", "reason"),
+    [
+        (lambda r: b"\xff\xfe not json", "not JSON"),
+        (lambda r: b"[1, 2]", "JSON list"),
+        (lambda r: {**r, "kind": "teleport"}, "unknown message kind"),
+        (lambda r: {**r, "v": 2}, "v"),
+        (lambda r: {**r, "id": "not-a-uuid"}, "id"),
+        (lambda r: {**r, "seq": -1}, "seq"),
+        (lambda r: {**r, "sent_at": "2026-11-23T02:14:00"}, "sent_at"),
+        (lambda r: {**r, "body": {**r["body"], "score": 7}}, "score"),  # type: ignore[dict-item]
+        (lambda r: {**r, "body": {**r["body"], "box": {"x1": 0.5, "y1": 0, "x2": 0.1, "y2": 1}}}, "out of order"),  # type: ignore[dict-item]
+    ],
+)
+def test_malformed_messages_raise_message_error_with_the_reason(mutate: object, reason: str) -> None:
+    mutated = mutate(_valid_raw())  # type: ignore[operator]
+    payload = mutated if isinstance(mutated, bytes) else json.dumps(mutated)
+    with pytest.raises(MessageError, match=reason):
+        decode(payload)
+
+
+def test_envelope_must_match_the_topic_it_came_on() -> None:
+    payload = encode(build(_detection(), device_id="pole-1", seq=1))
+    with pytest.raises(MessageError, match="does not match topic device"):
+        decode(payload, topics.parse(topics.up("pole-2", "detection")))
+    with pytest.raises(MessageError, match="does not match topic kind"):
+        decode(payload, topics.parse(topics.up("pole-1", "health")))
+
+
+def test_health_body_validates_ranges() -> None:
+    with pytest.raises(ValueError, match="memory_percent"):
+        Health(agent_version="0", uptime_s=1, cpu_percent=1, memory_percent=140, memory_rss_bytes=1,
+               disk_percent=1, disk_free_bytes=1)
+
+
+def test_checked_in_json_schema_is_current() -> None:
+    """docs/schema/messages-v1.json must be what the models export (regenerate: polewatch protocol schema)."""
+    checked_in = json.loads((REPO / "docs" / "schema" / "messages-v1.json").read_text())
+    assert checked_in == protocol.json_schema()
+    assert set(checked_in["discriminator"]["mapping"]) == set(protocol.KINDS)
