@@ -148,8 +148,14 @@ class Agent:
                     frame_width=width,
                     frame_height=height,
                 )
-                await asyncio.to_thread(self.outbox.add, body)
+                message = await asyncio.to_thread(self.outbox.add, body)
                 self.events_accepted += 1
+                # Logged after the commit: a test's ledger of what the agent promised to deliver.
+                log.debug(
+                    "detection accepted",
+                    extra={"message_id": message.id, "seq": message.seq, "event_id": track.track_id,
+                           "phase": phase, "label": track.label},
+                )
         self.uplink.notify()
 
     async def _report_health(self) -> None:

@@ -1,84 +1,54 @@
-"""Log lines for people at a terminal and for machines everywhere else.
+"""Logging for the fleet server: one handler for our loggers, uvicorn's, alembic's and aiomqtt's.
 
-A server under systemd or in a container writes to a pipe that a log shipper parses, so there each
-record is one JSON object; a developer running it by hand gets short readable lines. Structured
-fields go through the standard `extra=` argument (`log.warning("rejected", extra={"reason": r})`)
-and come out as JSON keys or as `key=value` suffixes, so call sites never format them by hand.
+The record format is the one every Polewatch process uses (polewatch.logs): one JSON object per
+line when stderr is not a terminal (systemd, containers, CI: a log shipper reads it), short human
+lines when it is. Structured fields go through `extra=` (`log.warning("rejected message",
+extra={"reason": r})`) and become JSON keys, so a collector can count rejections by reason.
+
+What this module adds for the server: uvicorn's loggers are routed into the same handler (uvicorn
+would otherwise install its own, unstructured ones), and uvicorn's ANSI-coloured duplicate of each
+message is dropped from the structured fields.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
-from datetime import datetime, timezone
-from typing import Any, TextIO
+from typing import TextIO
 
-# Attributes every LogRecord has; anything else on a record came from `extra=`.
-_STANDARD = set(vars(logging.LogRecord("x", logging.INFO, "x", 0, "x", None, None))) | {
-    "message",
-    "asctime",
-    "color_message",  # uvicorn's ANSI-coloured copy of the message
-    "taskName",
-}
+from polewatch.logs import HumanFormatter, JsonFormatter
+
+QUIET = ("uvicorn.access", "httpx", "mqtt", "alembic.runtime.migration")
 
 
-def _extras(record: logging.LogRecord) -> dict[str, Any]:
-    return {k: v for k, v in vars(record).items() if k not in _STANDARD and not k.startswith("_")}
+class _DropUvicornColour(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.__dict__.pop("color_message", None)
+        return True
 
 
-class JsonFormatter(logging.Formatter):
-    """One JSON object per line: ts, level, logger, msg, the extra fields, and exc if any."""
+def setup_logging(
+    level: str | int = "INFO", *, stream: TextIO | None = None, json_lines: bool | None = None
+) -> logging.Handler:
+    """Route every logger to one handler on `stream` (stderr); JSON unless it is a terminal.
 
-    def format(self, record: logging.LogRecord) -> str:
-        entry: dict[str, Any] = {
-            "ts": datetime.fromtimestamp(record.created, timezone.utc).isoformat(timespec="milliseconds"),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "msg": record.getMessage(),
-        }
-        for key, value in _extras(record).items():
-            entry.setdefault(key, value)
-        if record.exc_info:
-            entry["exc"] = self.formatException(record.exc_info)
-        return json.dumps(entry, default=str, ensure_ascii=False)
-
-
-class HumanFormatter(logging.Formatter):
-    """`12:00:01 WARNING polewatch.fleet_server.ingest: rejected message reason=not_json ...`"""
-
-    def __init__(self) -> None:
-        super().__init__("%(asctime)s %(levelname)-7s %(name)s: %(message)s", datefmt="%H:%M:%S")
-
-    def format(self, record: logging.LogRecord) -> str:
-        line = super().format(record)
-        extras = _extras(record)
-        if extras:
-            suffix = " ".join(f"{k}={v!r}" if isinstance(v, str) and " " in v else f"{k}={v}" for k, v in extras.items())
-            head, sep, tail = line.partition("\n")
-            line = f"{head} {suffix}{sep}{tail}"
-        return line
-
-
-def setup_logging(level: str | int = "INFO", *, stream: TextIO | None = None, json_lines: bool | None = None) -> None:
-    """Send every logger (ours, uvicorn's, alembic's) through one handler on stderr.
-
-    `json_lines=None` decides by whether the stream is a terminal.
+    Returns the handler, so an embedding process (or a test) can remove it again.
     """
     stream = stream if stream is not None else sys.stderr
     if json_lines is None:
         json_lines = not (hasattr(stream, "isatty") and stream.isatty())
     handler = logging.StreamHandler(stream)
     handler.setFormatter(JsonFormatter() if json_lines else HumanFormatter())
+    handler.addFilter(_DropUvicornColour())
     root = logging.getLogger()
-    for old in list(root.handlers):
-        root.removeHandler(old)
-    root.addHandler(handler)
+    root.handlers[:] = [handler]
     root.setLevel(level.upper() if isinstance(level, str) else level)
-    # uvicorn installs its own handlers unless told not to; make its loggers defer to ours.
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
-        lg = logging.getLogger(name)
-        lg.handlers.clear()
-        lg.propagate = True
-    # paho logs every packet at DEBUG through aiomqtt's logger; keep that out of INFO runs.
-    logging.getLogger("mqtt").setLevel(max(root.level, logging.INFO))
+        uv = logging.getLogger(name)
+        uv.handlers.clear()
+        uv.propagate = True
+    # Per-request and per-packet lines drown the ones an operator needs; DEBUG still shows them.
+    if root.level > logging.DEBUG:
+        for name in QUIET:
+            logging.getLogger(name).setLevel(logging.WARNING)
+    return handler

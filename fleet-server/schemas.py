@@ -10,9 +10,8 @@ import logging
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, Field, ValidationError
-
 from polewatch.protocol import Box, Health
+from pydantic import BaseModel, Field, ValidationError
 
 from .models import Device, Event
 
@@ -27,7 +26,9 @@ class ErrorOut(BaseModel):
 
 class DeviceOut(BaseModel):
     device_id: str
-    online: bool = Field(description="From the device's last presence message (retained online / last-will offline).")
+    online: bool = Field(
+        description="From the device's last presence message (retained online / last-will offline)."
+    )
     presence_reason: str | None = Field(description="Why the presence last changed, as the device said.")
     agent_version: str | None
     first_seen: datetime
@@ -43,7 +44,9 @@ class DeviceOut(BaseModel):
             try:
                 health = Health.model_validate(row.last_health)
             except ValidationError as exc:  # stored by an older or newer contract: show the rest
-                log.warning("stored health does not validate", extra={"device_id": row.device_id, "error": str(exc)})
+                log.warning(
+                    "stored health does not validate", extra={"device_id": row.device_id, "error": str(exc)}
+                )
         return cls(
             device_id=row.device_id,
             online=row.online,
@@ -116,6 +119,10 @@ class IngestStatsOut(BaseModel):
     rejected_by_reason: dict[str, int] = Field(
         description="bad_topic, not_json, not_object, unknown_kind, invalid_<kind>, device_mismatch, "
         "kind_mismatch, store_error"
+    )
+    store_retries: int = Field(
+        description="Batches retried because the database was unavailable; their messages stayed "
+        "unacknowledged in the broker meanwhile."
     )
 
 

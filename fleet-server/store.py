@@ -19,12 +19,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from polewatch.protocol import AnyMessage, DetectionMessage, HealthMessage, PresenceMessage
 from sqlalchemy import Table, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
-
-from polewatch.protocol import AnyMessage, DetectionMessage, HealthMessage, PresenceMessage
 
 from .models import Device, Event, HealthSample, PresenceChange
 from .schemas import DeviceOut, EventOut
@@ -229,7 +228,9 @@ def _insert_ignore(
         lite = sqlite.insert(table).values(values).on_conflict_do_nothing(index_elements=[conflict_column])
         return session.execute(lite.returning(table.c[returning])).scalar_one_or_none()
     # Any other engine: look first. Not race-free across writers, but correct for one replica.
-    exists = session.execute(select(table.c[conflict_column]).where(table.c[conflict_column] == values[conflict_column]))
+    exists = session.execute(
+        select(table.c[conflict_column]).where(table.c[conflict_column] == values[conflict_column])
+    )
     if exists.first() is not None:
         return None
     return session.execute(table.insert().values(values).returning(table.c[returning])).scalar_one()

@@ -28,7 +28,8 @@ def iou_matrix(a: npt.ArrayLike, b: npt.ArrayLike) -> npt.NDArray[np.float64]:
     union = area_a[:, None] + area_b[None, :] - inter
     out = np.zeros_like(inter)
     np.divide(inter, union, out=out, where=union > 0)
-    return out
+    result: npt.NDArray[np.float64] = out
+    return result
 
 
 def iou(a: npt.ArrayLike, b: npt.ArrayLike) -> float:

@@ -9,6 +9,9 @@ point is why the cap on the number of results is applied here, after NMS.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import cv2
 import numpy as np
 import numpy.typing as npt
@@ -16,6 +19,10 @@ import numpy.typing as npt
 # Candidates fed to NMS at most. NMS is quadratic; a scene that produces more candidates than this
 # above the score threshold is noise, and the highest-scoring ones are the ones worth keeping.
 MAX_CANDIDATES = 2000
+
+# OpenCV's stubs declare Python sequences, but the binding takes numpy arrays directly (no per-box
+# Python objects), which is what the hot path wants.
+_nms_boxes_batched: Callable[..., Any] = cv2.dnn.NMSBoxesBatched
 
 
 def batched_nms(
@@ -34,7 +41,7 @@ def batched_nms(
     xywh = np.array(boxes_xyxy, dtype=np.float64).reshape(n, 4)
     xywh[:, 2:] -= xywh[:, :2]
     # The score threshold is 0: decoders filter by score before NMS, where it is cheaper.
-    kept = cv2.dnn.NMSBoxesBatched(
+    kept = _nms_boxes_batched(
         xywh,
         np.ascontiguousarray(scores, dtype=np.float32),
         np.ascontiguousarray(class_ids, dtype=np.int32),

@@ -7,9 +7,8 @@ Run from code (db.upgrade) with the engine passed in `config.attributes["engine"
 from __future__ import annotations
 
 from alembic import context
-from sqlalchemy import Connection, Engine, create_engine, pool
-
 from polewatch.fleet_server.models import Base
+from sqlalchemy import Connection, Engine, create_engine, pool
 
 config = context.config
 target_metadata = Base.metadata

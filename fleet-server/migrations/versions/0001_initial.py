@@ -11,6 +11,7 @@ producing the same schema when the models move on.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import sqlalchemy as sa
 from alembic import op
@@ -26,7 +27,7 @@ def _row_id() -> sa.types.TypeEngine[int]:
     return sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 
 
-def _json() -> sa.types.TypeEngine[object]:
+def _json() -> sa.types.TypeEngine[Any]:
     return sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql")
 
 
@@ -68,7 +69,9 @@ def upgrade() -> None:
         sa.Column("frame_time", _ts(), nullable=False),
         sa.Column("sent_at", _ts(), nullable=False),
         sa.Column("received_at", _ts(), nullable=False),
-        sa.ForeignKeyConstraint(["device_id"], ["devices.device_id"], name=op.f("fk_events_device_id_devices")),
+        sa.ForeignKeyConstraint(
+            ["device_id"], ["devices.device_id"], name=op.f("fk_events_device_id_devices")
+        ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_events")),
         sa.UniqueConstraint("message_id", name=op.f("uq_events_message_id")),
         # Never reuse a row id: ids are the console's SSE resume cursor.

@@ -23,7 +23,7 @@ from polewatch.protocol import (
     topics,
 )
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _detection(**overrides: object) -> Detection:

@@ -1,0 +1,82 @@
+"""REST API: devices, stored events, ingest counters, liveness.
+
+Endpoints that touch the database are plain `def`s, which FastAPI runs in its worker threads, so a
+query never blocks the event loop that carries the MQTT session and the live streams. Errors are
+always JSON (`{"detail": "..."}`) and declared in the OpenAPI document.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, HTTPException, Query
+from fastapi.responses import JSONResponse
+from sqlalchemy import text
+from sqlalchemy.exc import SQLAlchemyError
+
+from . import queries
+from .schemas import DeviceOut, ErrorOut, EventPage, HealthzOut, IngestStatsOut
+from .services import ServicesDep
+
+router = APIRouter(prefix="/api")
+health_router = APIRouter()
+
+
+@router.get("/devices", tags=["devices"], summary="Every device heard from, by id")
+def list_devices(svc: ServicesDep) -> list[DeviceOut]:
+    with svc.sessions() as session:
+        return queries.list_devices(session)
+
+
+@router.get(
+    "/devices/{device_id}",
+    tags=["devices"],
+    summary="One device",
+    responses={404: {"model": ErrorOut, "description": "No message from this device was ever stored."}},
+)
+def get_device(device_id: str, svc: ServicesDep) -> DeviceOut:
+    with svc.sessions() as session:
+        device = queries.get_device(session, device_id)
+    if device is None:
+        raise HTTPException(status_code=404, detail=f"unknown device {device_id!r}")
+    return device
+
+
+@router.get("/events", tags=["events"], summary="Stored detections, newest first, paginated by id")
+def list_events(
+    svc: ServicesDep,
+    device_id: Annotated[str | None, Query(description="Only this device's events.")] = None,
+    label: Annotated[str | None, Query(description="Only this label, e.g. 'person'.")] = None,
+    limit: Annotated[int, Query(ge=1, le=500, description="Page size.")] = 50,
+    before: Annotated[
+        int | None,
+        Query(ge=1, description="Only events with an id below this: `next_before` of the previous page."),
+    ] = None,
+) -> EventPage:
+    with svc.sessions() as session:
+        return queries.list_events(session, device_id=device_id, label=label, limit=limit, before=before)
+
+
+@router.get("/ingest/stats", tags=["ingest"], summary="MQTT ingest counters since this process started")
+async def ingest_stats(svc: ServicesDep) -> IngestStatsOut:
+    return svc.ingest.stats.snapshot()
+
+
+@health_router.get(
+    "/healthz",
+    response_model=HealthzOut,
+    tags=["ops"],
+    summary="Liveness: the process serves HTTP and the database answers",
+    responses={503: {"model": HealthzOut, "description": "The database does not answer."}},
+)
+def healthz(svc: ServicesDep) -> HealthzOut | JSONResponse:
+    connected = svc.ingest.stats.connected
+    try:
+        with svc.engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+    except SQLAlchemyError as exc:
+        body = HealthzOut(status="error", database=f"error: {type(exc).__name__}", mqtt_connected=connected)
+        return JSONResponse(status_code=503, content=body.model_dump())
+    # MQTT is reported, not judged: a broker outage is the broker's alarm, and restarting this
+    # server over it would only drop the live streams of every open console.
+    return HealthzOut(status="ok", database="ok", mqtt_connected=connected)

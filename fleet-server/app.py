@@ -1,0 +1,156 @@
+"""The ASGI app and the one-process server: HTTP API + console + MQTT ingest.
+
+`create_app(settings)` builds everything; its lifespan migrates the database (upgrade head), starts
+the ingest task, and on shutdown ends the live streams, stops the ingest and lets the writer
+finish. `serve(settings)` runs that app under uvicorn until SIGINT/SIGTERM.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+from starlette.concurrency import run_in_threadpool
+
+from polewatch import __version__
+
+from . import api, stream
+from .db import make_engine, make_sessionmaker, safe_url, upgrade
+from .feed import Feed
+from .ingest import Ingest
+from .services import Services
+from .settings import Settings
+from .store import Store
+
+log = logging.getLogger(__name__)
+
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+SHUTDOWN_GRACE_S = 5
+
+
+def create_app(settings: Settings | None = None, *, run_ingest: bool = True, migrate: bool = True) -> FastAPI:
+    """The fleet server as an ASGI app.
+
+    `run_ingest=False` serves the API over an existing database without touching MQTT (tests,
+    read-only replicas); `migrate=False` skips the schema upgrade at start.
+    """
+    settings = settings or Settings()
+    engine = make_engine(settings.database_url)
+    sessions = make_sessionmaker(engine)
+    feed = Feed()
+    store = Store(sessions)
+    ingest = Ingest(settings, store, feed)
+    services = Services(
+        settings=settings, engine=engine, sessions=sessions, store=store, feed=feed, ingest=ingest
+    )
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        if migrate:
+            await run_in_threadpool(upgrade, engine)
+        log.info(
+            "fleet server starting",
+            extra={"database": safe_url(settings.database_url), "ingest": run_ingest, "version": __version__},
+        )
+        task = asyncio.create_task(ingest.run(), name="mqtt-ingest") if run_ingest else None
+        try:
+            yield
+        finally:
+            feed.close()
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            await run_in_threadpool(ingest.close)
+            engine.dispose()
+            log.info("fleet server stopped")
+
+    app = FastAPI(
+        title="Polewatch fleet server",
+        version=__version__,
+        summary="Devices, detections and the live feed of a city's camera-pole fleet.",
+        lifespan=lifespan,
+    )
+    app.state.services = services
+    app.include_router(api.router)
+    app.include_router(stream.router)
+    app.include_router(api.health_router)
+
+    @app.get("/", include_in_schema=False)
+    async def console() -> FileResponse:
+        return FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-cache"})
+
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.error("request failed", exc_info=exc, extra={"path": request.url.path})
+        return JSONResponse(status_code=500, content={"detail": "internal server error"})
+
+    return app
+
+
+async def serve(
+    settings: Settings,
+    *,
+    on_ready: Callable[[str], None] | None = None,
+    stop: asyncio.Event | None = None,
+) -> None:
+    """Run API, console and ingest in this process until SIGINT/SIGTERM or until `stop` is set.
+
+    `on_ready` gets the console URL once the port is bound (the real port when http_port is 0).
+    Either way of stopping is graceful: streams end, the ingest disconnects, the writer finishes.
+    """
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app,
+        host=settings.http_host,
+        port=settings.http_port,
+        log_config=None,  # logs.setup_logging owns the handlers
+        lifespan="on",
+        timeout_graceful_shutdown=SHUTDOWN_GRACE_S,
+    )
+    server = uvicorn.Server(config)
+    services: Services = app.state.services
+
+    async def watch() -> None:
+        while not server.started:
+            if server.should_exit:
+                return
+            await asyncio.sleep(0.05)
+        port = settings.http_port
+        for srv in server.servers:
+            for sock in srv.sockets:
+                port = int(sock.getsockname()[1])
+        if on_ready is not None:
+            on_ready(settings.console_url(port))
+        while not server.should_exit:  # noqa: ASYNC110 - uvicorn exposes a flag, not an event
+            await asyncio.sleep(0.1)
+        # uvicorn waits for open responses before the lifespan shutdown; live streams never end
+        # on their own, so end them as soon as shutdown is asked for.
+        services.feed.close()
+
+    async def stop_on_request() -> None:
+        if stop is not None:
+            await stop.wait()
+            server.should_exit = True
+
+    helpers = [
+        asyncio.create_task(watch(), name="serve-watch"),
+        asyncio.create_task(stop_on_request(), name="serve-stop"),
+    ]
+    try:
+        await server.serve()
+    finally:
+        for task in helpers:
+            task.cancel()
+        for task in helpers:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task

@@ -1,0 +1,83 @@
+"""A bad agent config stops the agent with a message naming the field and the problem."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from polewatch.agent.config import ConfigError, load_config
+from polewatch.cli import app
+
+GOOD = {
+    "device_id": "pole-17",
+    "state_dir": "state",
+    "mqtt": {"host": "broker.example", "port": 8883, "username": "pole-17", "password": "s3cret"},
+    "cameras": [{"id": "cam1", "url": "rtsp://user:pw@10.0.0.9/stream1"}, {"id": "cam2", "url": "clip.mp4"}],
+}
+
+
+def _write(tmp_path: Path, data: object) -> Path:
+    path = tmp_path / "agent.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_valid_config_resolves_relative_paths_from_its_folder(tmp_path: Path) -> None:
+    cfg = load_config(_write(tmp_path, GOOD))
+    assert cfg.state_dir == tmp_path / "state"
+    assert cfg.cameras[1].url == str(tmp_path / "clip.mp4")
+    assert cfg.cameras[0].url.startswith("rtsp://")
+    assert cfg.detect.fps == 5.0 and "person" in cfg.detect.labels
+    assert cfg.mqtt.password is not None and "s3cret" not in repr(cfg), "secrets never printed"
+
+
+@pytest.mark.parametrize(
+    ("change", "field", "problem"),
+    [
+        (lambda c: c.pop("device_id"), "device_id", "Field required"),
+        (lambda c: c.update(device_id="pole 17"), "device_id", "String should match pattern"),
+        (lambda c: c["mqtt"].update(port=70000), "mqtt.port", "less than or equal to 65535"),
+        (lambda c: c.update(cameras=[]), "cameras", "at least 1 item"),
+        (lambda c: c["cameras"][0].update(url="ftp://x"), "cameras.0.url", "url scheme"),
+        (lambda c: c.update(detect={"fps": 0}), "detect.fps", "greater than 0"),
+        (lambda c: c.update(detcet={"fps": 5}), "detcet", "Extra inputs are not permitted"),
+        (lambda c: c["cameras"].append({"id": "cam1", "url": "x.mp4"}), "cameras", "repeated: cam1"),
+    ],
+)
+def test_invalid_config_names_field_and_problem(tmp_path: Path, change: object, field: str, problem: str) -> None:
+    data = yaml.safe_load(yaml.safe_dump(GOOD))
+    change(data)  # type: ignore[operator]
+    with pytest.raises(ConfigError) as info:
+        load_config(_write(tmp_path, data))
+    assert f"{field}:" in str(info.value) and problem in str(info.value)
+
+
+def test_unreadable_and_non_yaml_files_are_clear_errors(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read config"):
+        load_config(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("device_id: [unclosed")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+    bad.write_text("- just\n- a list\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config(bad)
+
+
+def test_agent_run_with_a_bad_config_exits_2_before_touching_cameras(tmp_path: Path) -> None:
+    data = yaml.safe_load(yaml.safe_dump(GOOD))
+    data["mqtt"]["port"] = "eighty"
+    result = CliRunner().invoke(app, ["agent", "run", "--config", str(_write(tmp_path, data))])
+    assert result.exit_code == 2
+    assert "mqtt.port" in result.output and "valid integer" in result.output
+    assert not (tmp_path / "state").exists(), "nothing was created for an invalid config"
+
+
+def test_check_config_shows_the_plan(tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["agent", "check-config", str(_write(tmp_path, GOOD))])
+    assert result.exit_code == 0, result.output
+    assert "pole-17" in result.output and "broker.example:8883" in result.output
+    assert "pw@" not in result.output or "user:pw" not in result.output

@@ -1,0 +1,96 @@
+"""fleet-server/ is not a module name: prove the mapping works installed both ways, and the extras stay apart."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import venv
+import zipfile
+from pathlib import Path
+
+import pytest
+
+import polewatch.agent
+import polewatch.fleet_server
+import polewatch.protocol
+import polewatch.provisioning
+
+REPO = Path(__file__).resolve().parents[2]
+PACKAGES = ("polewatch.protocol", "polewatch.agent", "polewatch.fleet_server", "polewatch.provisioning")
+
+
+def test_editable_install_maps_the_folders() -> None:
+    assert Path(polewatch.fleet_server.__file__).parent == REPO / "fleet-server"
+    assert Path(polewatch.agent.__file__).parent == REPO / "agent"
+    assert Path(polewatch.protocol.__file__).parent == REPO / "protocol"
+    assert Path(polewatch.provisioning.__file__).parent == REPO / "provisioning"
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("dist")
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "--wheel-dir", str(out), str(REPO)],
+        check=True,
+    )
+    (built,) = out.glob("polewatch-*.whl")
+    return built
+
+
+def _requires(wheel: Path) -> dict[str, set[str]]:
+    """Requirement names per extra ('' = base) from the wheel's METADATA."""
+    with zipfile.ZipFile(wheel) as zf:
+        meta = next(n for n in zf.namelist() if n.endswith(".dist-info/METADATA"))
+        text = zf.read(meta).decode()
+    extras: dict[str, set[str]] = {}
+    for line in text.splitlines():
+        if not line.startswith("Requires-Dist:"):
+            continue
+        spec = line.split(":", 1)[1].strip()
+        name = re.split(r"[\s\[<>=!~;]", spec, maxsplit=1)[0].lower()
+        extra = re.search(r"extra == ['\"]([^'\"]+)['\"]", spec)
+        extras.setdefault(extra.group(1) if extra else "", set()).add(name)
+    return extras
+
+
+@pytest.mark.slow
+def test_wheel_carries_every_package_and_its_data(wheel: Path) -> None:
+    names = zipfile.ZipFile(wheel).namelist()
+    for package in PACKAGES:
+        assert f"{package.replace('.', '/')}/__init__.py" in names
+    assert "polewatch/agent/inference/models/nanodet-m-416.onnx" in names
+    assert "polewatch/agent/inference/models/nanodet-m-416.json" in names
+    assert "polewatch/samples/vtest-clip.mp4" in names
+    assert any(n.startswith("polewatch/fleet_server/static/") for n in names)
+    assert any(n.startswith("polewatch/fleet_server/migrations/versions/") for n in names)
+    assert not any("yolov8" in n for n in names), "the AGPL reference model must never ship"
+
+
+@pytest.mark.slow
+def test_extras_keep_the_pole_and_the_server_apart(wheel: Path) -> None:
+    extras = _requires(wheel)
+    server_stack = {"fastapi", "sqlalchemy", "alembic", "uvicorn"}
+    vision_stack = {"opencv-python-headless", "onnxruntime"}
+    assert not extras["agent"] & server_stack
+    assert not extras["server"] & vision_stack
+    assert not extras[""] & (server_stack | vision_stack), "the base install is contract + CLI only"
+    assert vision_stack <= extras["agent"] and server_stack <= extras["server"]
+
+
+@pytest.mark.slow
+def test_built_wheel_imports_in_a_fresh_environment(wheel: Path, tmp_path: Path) -> None:
+    env_dir = tmp_path / "venv"
+    venv.EnvBuilder(with_pip=True).create(env_dir)
+    python = env_dir / "bin" / "python"
+    subprocess.run([str(python), "-m", "pip", "install", "--quiet", str(wheel)], check=True)
+    code = "import importlib; " + "; ".join(
+        f"print(importlib.import_module({p!r}).__file__)" for p in PACKAGES
+    )
+    files = subprocess.run([str(python), "-c", code], check=True, capture_output=True, text=True).stdout.split()
+    assert len(files) == len(PACKAGES)
+    assert all(str(env_dir) in f and str(REPO) not in f for f in files), files
+    # With only the base install, a role whose extra is missing says what to install.
+    result = subprocess.run([str(env_dir / "bin" / "polewatch"), "server", "run"], capture_output=True, text=True)
+    assert result.returncode == 3
+    assert "pip install 'polewatch[server]'" in result.stderr

@@ -1,0 +1,93 @@
+"""Start the real server and real agents as child processes, the way the demo and a pole run them."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from polewatch.demo import Child, sample_clip
+
+from .brokers import USERS, BrokerProcess
+from .ports import free_port
+
+PYTHON = [sys.executable, "-m", "polewatch"]
+
+
+def start_server(broker: BrokerProcess, workdir: Path) -> tuple[Child, str, Path]:
+    """A fleet server on SQLite in `workdir`; returns the child, its base URL and its database file."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    db = workdir / "fleet.db"
+    child = Child(
+        "server",
+        [*PYTHON, "server", "run", "--database-url", f"sqlite:///{db}", "--mqtt-host", broker.host,
+         "--mqtt-port", str(broker.port), "--mqtt-username", "fleet-server", "--http-host", "127.0.0.1",
+         "--http-port", str(port)],
+        workdir / "server.log",
+        env={"POLEWATCH_MQTT_PASSWORD": USERS["fleet-server"]},
+    )
+    child.start()
+    base = f"http://127.0.0.1:{port}"
+    wait_until(lambda: http_json(f"{base}/healthz") is not None, 60, "server /healthz", [child])
+    return child, base, db
+
+
+def start_agent(
+    broker: BrokerProcess, workdir: Path, device: str = "pole-a", *, fps: float = 5, health_s: float = 2,
+    log_level: str = "INFO",
+) -> Child:
+    workdir.mkdir(parents=True, exist_ok=True)
+    config = {
+        "device_id": device,
+        "state_dir": str(workdir / "state"),
+        "mqtt": {"host": broker.host, "port": broker.port, "username": device, "password": USERS[device],
+                 "keepalive_s": 5, "reconnect_max_s": 2},
+        "cameras": [{"id": "cam1", "url": str(sample_clip()), "loop": True}],
+        "detect": {"fps": fps},
+        "health_interval_s": health_s,
+        "log_level": log_level,
+    }
+    path = workdir / f"{device}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    child = Child(device, [*PYTHON, "agent", "run", "--config", str(path)], workdir / f"{device}.log")
+    child.start()
+    return child
+
+
+def http_json(url: str) -> Any:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return json.load(response)
+    except (OSError, ValueError):
+        return None
+
+
+def wait_until(check: Callable[[], object], timeout: float, what: str, children: list[Child] = ()) -> Any:  # type: ignore[assignment]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for child in children:
+            child.check_alive()
+        value = check()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def log_records(path: Path) -> list[dict[str, Any]]:
+    """The JSON log lines of a child (children log JSON because their stderr is not a terminal)."""
+    records = []
+    for line in path.read_text(errors="replace").splitlines():
+        if line.startswith("{"):
+            try:
+                records.append(json.loads(line))
+            except ValueError:
+                continue
+    return records

@@ -1,0 +1,140 @@
+"""The REST API over a real SQLite database filled through the ingest's own write path."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from datetime import datetime, timezone
+from pathlib import Path
+
+import httpx
+import pytest
+from test_server_kit import detection, health, presence, settings_for
+
+from polewatch.fleet_server import create_app
+from polewatch.fleet_server.store import Received
+from polewatch.protocol import AnyMessage
+
+
+@contextlib.asynccontextmanager
+async def api(tmp_path: Path, messages: list[AnyMessage]) -> AsyncIterator[httpx.AsyncClient]:
+    app = create_app(settings_for(None, tmp_path / "fleet.db"), run_ingest=False)
+    async with app.router.lifespan_context(app):  # migrates the fresh database
+        store = app.state.services.store
+        now = datetime.now(timezone.utc)
+        store.apply_batch([Received(m, now) for m in messages])
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://fleet") as client:
+            yield client
+
+
+@pytest.fixture
+async def client(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
+    messages: list[AnyMessage] = [
+        presence("pole-a", "online"),
+        health("pole-a", cpu=12.0),
+        presence("pole-b", "online"),
+        presence("pole-b", "offline", reason="connection lost"),
+    ]
+    for i in range(7):
+        messages.append(detection("pole-a", label="person" if i % 2 == 0 else "car", event_id=f"a{i}"))
+    for i in range(3):
+        messages.append(detection("pole-b", label="person", event_id=f"b{i}"))
+    async with api(tmp_path, messages) as c:
+        yield c
+
+
+async def test_devices_show_presence_and_last_health(client: httpx.AsyncClient) -> None:
+    response = await client.get("/api/devices")
+    assert response.status_code == 200
+    devices = {d["device_id"]: d for d in response.json()}
+    assert list(devices) == ["pole-a", "pole-b"]
+    assert devices["pole-a"]["online"] is True
+    assert devices["pole-a"]["last_health"]["cpu_percent"] == 12.0
+    assert devices["pole-a"]["last_health"]["cameras"][0]["fps"] == 12.5
+    assert devices["pole-b"]["online"] is False
+    assert devices["pole-b"]["presence_reason"] == "connection lost"
+    assert devices["pole-b"]["last_health"] is None
+    assert devices["pole-a"]["last_seen"].endswith(("Z", "+00:00"))
+
+    one = await client.get("/api/devices/pole-b")
+    assert one.status_code == 200 and one.json() == devices["pole-b"]
+
+
+async def test_unknown_device_and_bad_parameters_are_json_errors(client: httpx.AsyncClient) -> None:
+    missing = await client.get("/api/devices/pole-zz")
+    assert missing.status_code == 404
+    assert missing.headers["content-type"] == "application/json"
+    assert missing.json() == {"detail": "unknown device 'pole-zz'"}
+
+    bad = await client.get("/api/events", params={"limit": 0})
+    assert bad.status_code == 422 and bad.headers["content-type"] == "application/json"
+    assert bad.json()["detail"][0]["loc"] == ["query", "limit"]
+
+    nowhere = await client.get("/api/nothing-here")
+    assert nowhere.status_code == 404 and nowhere.json() == {"detail": "Not Found"}
+
+
+async def test_events_filter_newest_first_and_paginate_by_id(client: httpx.AsyncClient) -> None:
+    everything = (await client.get("/api/events", params={"limit": 500})).json()
+    ids = [e["id"] for e in everything["items"]]
+    assert len(ids) == 10 and ids == sorted(ids, reverse=True)
+    assert everything["next_before"] is None
+
+    mine = (await client.get("/api/events", params={"device_id": "pole-b"})).json()["items"]
+    assert [e["event_id"] for e in mine] == ["b2", "b1", "b0"]
+
+    people_a = (await client.get("/api/events", params={"device_id": "pole-a", "label": "person"})).json()
+    assert [e["event_id"] for e in people_a["items"]] == ["a6", "a4", "a2", "a0"]
+    first = people_a["items"][0]
+    assert first["box"] == {"x1": 0.1, "y1": 0.2, "x2": 0.3, "y2": 0.6}
+    assert first["camera_id"] == "cam1" and first["score"] == 0.87 and first["phase"] == "start"
+
+    pages: list[list[int]] = []
+    before: int | None = None
+    while True:
+        params: dict[str, int | str] = {"limit": 4}
+        if before is not None:
+            params["before"] = before
+        page = (await client.get("/api/events", params=params)).json()
+        pages.append([e["id"] for e in page["items"]])
+        before = page["next_before"]
+        if before is None:
+            break
+    assert [len(p) for p in pages] == [4, 4, 2]
+    assert [i for p in pages for i in p] == ids
+
+
+async def test_stats_health_console_and_openapi(client: httpx.AsyncClient) -> None:
+    stats = (await client.get("/api/ingest/stats")).json()
+    assert stats["connected"] is False and stats["accepted"] == 0 and stats["rejected_by_reason"] == {}
+
+    healthz = await client.get("/healthz")
+    assert healthz.status_code == 200
+    assert healthz.json() == {"status": "ok", "database": "ok", "mqtt_connected": False}
+
+    page = await client.get("/")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert "/static/app.js" in page.text and "/static/style.css" in page.text
+    for asset in ("/static/app.js", "/static/style.css"):
+        served = await client.get(asset)
+        assert served.status_code == 200
+        # The command centre's network is closed: the console must load nothing from elsewhere.
+        assert "http://" not in served.text and "https://" not in served.text
+    assert "http://" not in page.text and "https://" not in page.text
+
+    spec = (await client.get("/openapi.json")).json()
+    assert set(spec["paths"]) == {
+        "/api/devices",
+        "/api/devices/{device_id}",
+        "/api/events",
+        "/api/ingest/stats",
+        "/api/stream",
+        "/healthz",
+    }
+    device_404 = spec["paths"]["/api/devices/{device_id}"]["get"]["responses"]["404"]
+    assert device_404["content"]["application/json"]["schema"]["$ref"].endswith("/ErrorOut")
+    events_params = {p["name"] for p in spec["paths"]["/api/events"]["get"]["parameters"]}
+    assert events_params == {"device_id", "label", "limit", "before"}
+    assert "text/event-stream" in spec["paths"]["/api/stream"]["get"]["responses"]["200"]["content"]
+    assert spec["components"]["schemas"]["EventPage"]["properties"]["next_before"]
