@@ -13,6 +13,7 @@ from rich.table import Table
 
 from polewatch.logs import setup_logging
 
+from .capture.urls import redact_url
 from .config import AgentConfig, ConfigError, load_config
 
 app = typer.Typer(help="Run the pole agent and check its configuration.", no_args_is_help=True)
@@ -58,7 +59,7 @@ def check_config(config: Annotated[Path, typer.Argument(help="The agent's YAML c
     table.add_row("broker", f"{cfg.mqtt.host}:{cfg.mqtt.port} ({'TLS' if cfg.mqtt.tls else 'plain TCP'})")
     table.add_row("state dir", str(cfg.state_dir))
     for cam in cfg.cameras:
-        table.add_row(f"camera {cam.id}", cam.url)
+        table.add_row(f"camera {cam.id}", redact_url(cam.url))
     table.add_row("detect", f"{cfg.detect.fps:g} fps, labels: {', '.join(cfg.detect.labels)}")
     Console().print(table)
 

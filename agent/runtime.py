@@ -22,7 +22,7 @@ from .capture.source import Frame, FrameSource
 from .config import AgentConfig
 from .health import HealthProbe
 from .inference.detector import Detector, load_detector
-from .inference.tracker import IouTracker, Track
+from .inference.tracker import IouTracker, Track, TrackUpdate
 from .uplink.outbox import Outbox
 from .uplink.session import Uplink
 
@@ -128,9 +128,8 @@ class Agent:
             next_due = max(next_due + interval, time.monotonic() - interval)
             await asyncio.sleep(max(0.0, next_due - time.monotonic()))
 
-    async def _emit(self, source: FrameSource, update: object, frame: Frame | None) -> None:
-        started: list[Track] = getattr(update, "started", [])
-        ended: list[Track] = getattr(update, "ended", [])
+    async def _emit(self, source: FrameSource, update: TrackUpdate, frame: Frame | None) -> None:
+        started, ended = update.started, update.ended
         if not started and not ended:
             return
         width, height = source.width or 1, source.height or 1
@@ -138,11 +137,11 @@ class Agent:
         for phase, tracks in (("start", started), ("end", ended)):
             for track in tracks:
                 body = Detection(
-                    event_id=track.track_id,
+                    event_id=track.id,
                     phase="start" if phase == "start" else "end",
                     camera_id=source.camera_id,
                     label=track.label,
-                    score=round(track.score, 4),
+                    score=round(track.best_score, 4),
                     box=_box(track, width, height),
                     frame_time=frame_time,
                     frame_width=width,
@@ -153,7 +152,7 @@ class Agent:
                 # Logged after the commit: a test's ledger of what the agent promised to deliver.
                 log.debug(
                     "detection accepted",
-                    extra={"message_id": message.id, "seq": message.seq, "event_id": track.track_id,
+                    extra={"message_id": message.id, "seq": message.seq, "event_id": track.id,
                            "phase": phase, "label": track.label},
                 )
         self.uplink.notify()

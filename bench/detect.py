@@ -5,7 +5,10 @@ tensors prepared beforehand from those frames and (b) the full `Detector.detect`
 run + decode + NMS) on the same frames. The ratio pipeline/bare is the overhead of our own code;
 it should stay close to 1 on a Raspberry Pi as well as here.
 
-    python bench/detect.py [--frames N] [--video PATH] [--threads T] [--model PATH]
+    python bench/detect.py [--frames N] [--video PATH] [--rounds R] [--threads T] [--model PATH]
+
+The two measurements alternate for R rounds (default 3) so that a noisy neighbour or a CPU that
+throttles affects both alike instead of skewing the ratio.
 
 The last line is machine-readable:
     RESULT detect bare_fps=... pipeline_fps=... ratio=... frames=... provider=...
@@ -24,9 +27,10 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
-from polewatch.agent.inference import DEFAULT_MODEL, OnnxDetector, load_detector
 from rich.console import Console
 from rich.table import Table
+
+from polewatch.agent.inference import DEFAULT_MODEL, OnnxDetector, load_detector
 
 REPO = Path(__file__).resolve().parents[1]
 FULL_FOOTAGE = REPO.parent / "shared" / "data" / "vtest.avi"
@@ -76,16 +80,15 @@ def time_pipeline(detector: OnnxDetector, frames: list[npt.NDArray[np.uint8]]) -
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--frames", type=int, default=100, help="frames to decode and time (default 100)")
     parser.add_argument("--video", type=Path, default=None, help=f"footage (default {default_video()})")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds of (a) and (b) (default 3)")
     parser.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads")
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="model with its sidecar JSON")
     args = parser.parse_args(argv)
-    if args.frames < 1:
-        parser.error("--frames must be at least 1")
+    if args.frames < 1 or args.rounds < 1:
+        parser.error("--frames and --rounds must be at least 1")
     video: Path = args.video or default_video()
     console = Console(width=120)
 
@@ -98,12 +101,18 @@ def main(argv: list[str] | None = None) -> int:
     detector.warm_up(WARM_UP_RUNS)
     for frame in frames[:WARM_UP_RUNS]:
         detector.detect(frame)
-    bare = time_bare(detector, tensors)
-    pipeline, found = time_pipeline(detector, frames)
+    bare: list[float] = []
+    pipeline: list[float] = []
+    found = 0
+    for _ in range(args.rounds):
+        bare += time_bare(detector, tensors)
+        times, found = time_pipeline(detector, frames)
+        pipeline += times
 
     n = len(frames)
-    bare_fps = n / sum(bare)
-    pipeline_fps = n / sum(pipeline)
+    runs = len(bare)
+    bare_fps = runs / sum(bare)
+    pipeline_fps = runs / sum(pipeline)
     ratio = sum(pipeline) / sum(bare)
     session_options = detector.session.get_session_options()
     height, width = frames[0].shape[:2]
@@ -118,8 +127,8 @@ def main(argv: list[str] | None = None) -> int:
         f"intra-op threads {session_options.intra_op_num_threads}  cores {os.cpu_count()}  "
         f"{platform.machine()}  Python {platform.python_version()}  OpenCV {cv2.__version__}"
     )
-    table = Table(title=f"{n} frames, after {WARM_UP_RUNS} warm-up runs")
-    for column in ("measurement", "frames", "fps", "ms/frame mean", "p50 ms", "p95 ms", "ratio to bare"):
+    table = Table(title=f"{n} frames x {args.rounds} rounds, after {WARM_UP_RUNS} warm-up runs")
+    for column in ("measurement", "frames", "runs", "fps", "ms/frame mean", "p50 ms", "p95 ms", "ratio to bare"):
         table.add_column(column, justify="left" if column == "measurement" else "right")
     for label, times, fps in (
         ("(a) bare session.run", bare, bare_fps),
@@ -129,16 +138,20 @@ def main(argv: list[str] | None = None) -> int:
         table.add_row(
             label,
             str(n),
+            str(runs),
             f"{fps:.1f}",
             f"{ms.mean():.2f}",
             f"{np.percentile(ms, 50):.2f}",
             f"{np.percentile(ms, 95):.2f}",
             f"{sum(times) / sum(bare):.3f}",
         )
-    overhead_ms = (sum(pipeline) - sum(bare)) / n * 1000.0
-    table.add_row("(b) - (a): preprocess + decode + NMS", str(n), "", f"{overhead_ms:.2f}", "", "", "")
+    overhead_ms = (sum(pipeline) - sum(bare)) / runs * 1000.0
+    overhead_p50 = (np.median(pipeline) - np.median(bare)) * 1000.0
+    table.add_row(
+        "(b) - (a): preprocess + decode + NMS", "", "", "", f"{overhead_ms:.2f}", f"{overhead_p50:.2f}", "", ""
+    )
     console.print(table)
-    console.print(f"{found} detections in total ({found / n:.1f} per frame)")
+    console.print(f"{found} detections per round ({found / n:.1f} per frame)")
     print(
         f"RESULT detect bare_fps={bare_fps:.2f} pipeline_fps={pipeline_fps:.2f} ratio={ratio:.3f} "
         f"frames={n} provider={detector.provider}",

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import time
 from datetime import datetime, timezone
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AwareDatetime,
@@ -29,7 +29,7 @@ from pydantic import (
 from .ids import new_message_id
 from .topics import DEVICE_ID_PATTERN, ParsedTopic
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION: Literal[1] = 1
 
 
 class MessageError(ValueError):
@@ -134,8 +134,8 @@ class DetectionMessage(_Envelope):
     body: Detection
 
 
-Message = Annotated[Union[PresenceMessage, HealthMessage, DetectionMessage], Field(discriminator="kind")]
-AnyMessage = Union[PresenceMessage, HealthMessage, DetectionMessage]
+Message = Annotated[PresenceMessage | HealthMessage | DetectionMessage, Field(discriminator="kind")]
+AnyMessage = PresenceMessage | HealthMessage | DetectionMessage
 
 _MESSAGE_ADAPTER: TypeAdapter[AnyMessage] = TypeAdapter(Message)
 _BY_BODY: dict[type[Body], type[AnyMessage]] = {
@@ -155,7 +155,7 @@ def build(body: Body, *, device_id: str, seq: int) -> AnyMessage:
         seq=seq,
         sent_at=datetime.now(timezone.utc),
         mono=time.monotonic(),
-        body=body,  # type: ignore[arg-type]  # _BY_BODY pairs each body type with its message class
+        body=body,
     )
 
 

@@ -11,6 +11,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -46,7 +47,7 @@ def check_box(state_dir: Path) -> list[Check]:
         Check("clock", now >= EARLIEST_PLAUSIBLE_TIME, time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(now)),
               "set the clock or enable NTP (timedatectl set-ntp true)")
     )
-    temps = getattr(psutil, "sensors_temperatures", lambda: {})()
+    temps: dict[str, list[Any]] = getattr(psutil, "sensors_temperatures", dict)()
     readings = [t.current for entries in temps.values() for t in entries if t.current]
     hottest = max(readings) if readings else None
     checks.append(

@@ -20,6 +20,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from .urls import redact_url
+
 log = logging.getLogger("polewatch.agent.capture")
 
 
@@ -122,7 +124,7 @@ class FrameSource:
                 delay = random.uniform(0.5, min(self.reconnect_max_s, 2.0 ** min(attempt, 6)))
                 log.warning(
                     "camera cannot be opened; retrying",
-                    extra={"camera": self.camera_id, "url": _redact(self.url), "retry_in_s": round(delay, 1)},
+                    extra={"camera": self.camera_id, "url": redact_url(self.url), "retry_in_s": round(delay, 1)},
                 )
                 attempt += 1
                 self._stop.wait(delay)
@@ -131,7 +133,7 @@ class FrameSource:
                 self.reconnects += 1
             attempt = 0
             self.connected = True
-            log.info("camera connected", extra={"camera": self.camera_id, "url": _redact(self.url)})
+            log.info("camera connected", extra={"camera": self.camera_id, "url": redact_url(self.url)})
             try:
                 self._read_until_failure(cap)
             finally:
@@ -165,13 +167,3 @@ class FrameSource:
                 self._latest = Frame(image, self.frames_read, time.time(), now_mono)
                 self._recent.append(now_mono)
                 self._cond.notify_all()
-
-
-def _redact(url: str) -> str:
-    """Hide the password in rtsp://user:pass@host URLs before they reach a log."""
-    if "@" not in url or "://" not in url:
-        return url
-    scheme, rest = url.split("://", 1)
-    creds, host = rest.split("@", 1)
-    user = creds.split(":", 1)[0]
-    return f"{scheme}://{user}:***@{host}"

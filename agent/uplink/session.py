@@ -159,7 +159,7 @@ class Uplink:
                         await asyncio.wait_for(self._wake.wait(), timeout=5.0)
                 continue
             results = await asyncio.gather(*(self._publish(client, p) for p in batch), return_exceptions=True)
-            acked = [p.row_id for p, r in zip(batch, results) if r is None]
+            acked = [p.row_id for p, r in zip(batch, results, strict=True) if r is None]
             await asyncio.to_thread(self.outbox.remove, acked)
             self.published += len(acked)
             for result in results:

@@ -80,4 +80,4 @@ def test_check_config_shows_the_plan(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["agent", "check-config", str(_write(tmp_path, GOOD))])
     assert result.exit_code == 0, result.output
     assert "pole-17" in result.output and "broker.example:8883" in result.output
-    assert "pw@" not in result.output or "user:pw" not in result.output
+    assert "user:pw@" not in result.output and "user:***@" in result.output, "camera passwords are never shown"

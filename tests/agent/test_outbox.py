@@ -7,8 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from polewatch.protocol import Presence, decode, topics
 from polewatch.agent.uplink.outbox import Outbox
+from polewatch.protocol import Presence, decode, topics
 
 
 def test_messages_survive_a_reopen_in_order(tmp_path: Path) -> None:

@@ -10,12 +10,12 @@ from pathlib import Path
 import aiomqtt
 import pytest
 from pydantic import SecretStr
-from support.brokers import USERS, BrokerProcess
 
 from polewatch.agent.config import MqttConfig
 from polewatch.agent.uplink.outbox import Outbox
 from polewatch.agent.uplink.session import Uplink
 from polewatch.protocol import Presence, PresenceMessage, decode, topics
+from support.brokers import USERS, BrokerProcess
 
 pytestmark = pytest.mark.mqtt
 

@@ -6,7 +6,6 @@ parametrised over both so that each guarantee holds on each.
 
 from __future__ import annotations
 
-
 import os
 import signal
 import subprocess
