@@ -29,13 +29,20 @@ def write_password_file(path: Path, users: dict[str, str]) -> None:
     path.chmod(0o600)
 
 
-async def serve(host: str, port: int, password_file: Path) -> None:
+async def serve(host: str, port: int, password_file: Path, sessions_db: Path) -> None:
     from amqtt.broker import Broker  # imported here: amqtt is only in the demo extra
 
     config = {
         "listeners": {"default": {"type": "tcp", "bind": f"{host}:{port}"}},
         "plugins": {
             "amqtt.plugins.authentication.FileAuthPlugin": {"password_file": str(password_file)},
+            # Sessions and subscriptions survive a crash of the broker. Without this a restarted
+            # broker has forgotten the server's subscription, and whatever a pole replays before the
+            # server has re-subscribed is acknowledged and then dropped: lost.
+            "amqtt.contrib.persistence.SessionDBPlugin": {
+                "connection": f"sqlite+aiosqlite:///{sessions_db}",
+                "clear_on_shutdown": False,
+            },
         },
     }
     broker = Broker(config)
@@ -55,9 +62,13 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--password-file", type=Path, required=True)
+    parser.add_argument(
+        "--sessions-db", type=Path, help="SQLite file for persistent sessions (default: beside the password file)"
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    asyncio.run(serve(args.host, args.port, args.password_file))
+    sessions_db = args.sessions_db or args.password_file.with_name("broker-sessions.sqlite3")
+    asyncio.run(serve(args.host, args.port, args.password_file, sessions_db))
 
 
 if __name__ == "__main__":

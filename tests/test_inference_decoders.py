@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 import pytest
+
 from polewatch.agent.inference.decoder import Candidates
 from polewatch.agent.inference.errors import ModelError
 from polewatch.agent.inference.nanodet import NanoDetDecoder, NanoDetHead
@@ -56,9 +57,7 @@ def _set_cell(
         boxes[0, cell, side * (REG_MAX + 1) + bin_index] = 50.0  # softmax ≈ one-hot on this bin
 
 
-def _run(
-    decoder: NanoDetDecoder, outputs: dict[str, npt.NDArray[np.float32]], threshold: float = 0.35
-) -> Candidates:
+def _run(decoder: NanoDetDecoder, outputs: dict[str, npt.NDArray[np.float32]], threshold: float = 0.35) -> Candidates:
     return decoder.decode([outputs[name] for name in decoder.output_names], threshold)
 
 
@@ -75,9 +74,7 @@ def test_nanodet_finds_outputs_by_shape_in_stride_order() -> None:
 
 
 @pytest.mark.parametrize(("offset", "centre"), [(0.5, (56.0, 88.0)), (0.0, (48.0, 80.0))])
-def test_nanodet_box_is_cell_centre_plus_expected_distances(
-    offset: float, centre: tuple[float, float]
-) -> None:
+def test_nanodet_box_is_cell_centre_plus_expected_distances(offset: float, centre: tuple[float, float]) -> None:
     decoder = _nanodet(offset)
     outputs = _nanodet_outputs(decoder)
     # Stride 16, cell (3, 5); distances left 2, top 3, right 4, bottom 1 bins of 16 px.
@@ -122,13 +119,9 @@ def test_nanodet_labels_that_do_not_match_outputs_are_refused() -> None:
 
 def test_nanodet_wrong_reg_max_or_size_is_refused() -> None:
     with pytest.raises(ModelError, match=r"box distances at stride 8"):
-        NanoDetDecoder(
-            NanoDetHead(strides=STRIDES, reg_max=7, cell_centre_offset=0.5), SIZE, SIZE, 80, NANODET_SHAPES
-        )
+        NanoDetDecoder(NanoDetHead(strides=STRIDES, reg_max=7, cell_centre_offset=0.5), SIZE, SIZE, 80, NANODET_SHAPES)
     with pytest.raises(ModelError, match=r"\[1, 1600, 80\]"):
-        NanoDetDecoder(
-            NanoDetHead(strides=STRIDES, reg_max=10, cell_centre_offset=0.5), 320, 320, 80, NANODET_SHAPES
-        )
+        NanoDetDecoder(NanoDetHead(strides=STRIDES, reg_max=10, cell_centre_offset=0.5), 320, 320, 80, NANODET_SHAPES)
 
 
 def test_nanodet_head_settings_are_validated() -> None:

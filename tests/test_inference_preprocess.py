@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from polewatch.agent.inference.metadata import InputSpec
 from polewatch.agent.inference.preprocess import Preprocessor, geometry_for
 
@@ -43,9 +44,7 @@ def test_tensor_is_normalised_in_model_channel_order_with_padding() -> None:
     assert bgr.dtype == np.float32
     for channel, value in enumerate((10, 20, 30)):
         assert bgr[0, channel, 200, 200] == pytest.approx((value - MEAN[channel]) / STD[channel], rel=1e-5)
-        assert bgr[0, channel, 10, 200] == pytest.approx(
-            (114 - MEAN[channel]) / STD[channel], rel=1e-5
-        )  # pad
+        assert bgr[0, channel, 10, 200] == pytest.approx((114 - MEAN[channel]) / STD[channel], rel=1e-5)  # pad
     rgb = Preprocessor(_spec(channel_order="RGB", mean=(0, 0, 0), std=(255, 255, 255)))(frame)
     assert rgb[0, :, 200, 200].tolist() == pytest.approx([30 / 255, 20 / 255, 10 / 255])
 

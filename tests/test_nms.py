@@ -9,8 +9,9 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 import pytest
+
 from polewatch.agent.inference.boxes import iou, iou_matrix
-from polewatch.agent.inference.nms import batched_nms
+from polewatch.agent.inference.nms import MAX_CANDIDATES, batched_nms
 
 
 def _arrays(
@@ -38,9 +39,7 @@ def _reference_nms(
 
 
 def test_overlapping_boxes_of_one_class_keep_the_best() -> None:
-    boxes, scores, classes = _arrays(
-        [[0, 0, 10, 10], [1, 1, 11, 11], [50, 50, 60, 60]], [0.8, 0.9, 0.7], [0, 0, 0]
-    )
+    boxes, scores, classes = _arrays([[0, 0, 10, 10], [1, 1, 11, 11], [50, 50, 60, 60]], [0.8, 0.9, 0.7], [0, 0, 0])
     assert batched_nms(boxes, scores, classes, 0.5).tolist() == [1, 2]
 
 
@@ -101,3 +100,13 @@ def test_iou_matrix_handles_disjoint_nested_and_degenerate_boxes() -> None:
     b = [[0, 0, 10, 10], [20, 20, 30, 30], [2, 2, 8, 8], [0, 0, 0, 0]]
     expected = [[1.0, 0.0, 0.36, 0.0], [0.0, 0.0, 0.0, 0.0]]
     assert iou_matrix(a, b) == pytest.approx(np.array(expected))
+
+
+def test_candidates_beyond_the_cap_are_the_lowest_scoring_ones() -> None:
+    # OpenCV's top_k caps the candidates before NMS: a flood of boxes costs at most MAX_CANDIDATES².
+    n = MAX_CANDIDATES + 500
+    corners = np.stack([np.arange(n) * 10.0, np.zeros(n)], axis=1)
+    boxes = np.concatenate([corners, corners + 5.0], axis=1).astype(np.float32)  # disjoint
+    scores = np.linspace(0.01, 0.99, n).astype(np.float32)
+    kept = batched_nms(boxes, scores, np.zeros(n, dtype=np.intp), 0.5, max_detections=n)
+    assert kept.tolist() == list(range(n - 1, n - 1 - MAX_CANDIDATES, -1))

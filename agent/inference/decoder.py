@@ -23,9 +23,7 @@ class Candidates(NamedTuple):
 
     @classmethod
     def empty(cls) -> Candidates:
-        return cls(
-            np.empty((0, 4), dtype=np.float32), np.empty(0, dtype=np.float32), np.empty(0, dtype=np.intp)
-        )
+        return cls(np.empty((0, 4), dtype=np.float32), np.empty(0, dtype=np.float32), np.empty(0, dtype=np.intp))
 
 
 class Decoder(Protocol):

@@ -7,6 +7,7 @@ decode → class-wise NMS and returns boxes in the original frame's pixels.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
@@ -33,9 +34,7 @@ DEFAULT_MODEL = Path(__file__).resolve().parent / "models" / "nanodet-m-416.onnx
 MEAN_WEIGHT = 0.05
 
 # (head settings, input width, input height, number of labels, output shapes by name, selected class ids)
-DecoderFactory = Callable[
-    [Mapping[str, object], int, int, int, Mapping[str, Shape], Collection[int] | None], Decoder
-]
+DecoderFactory = Callable[[Mapping[str, object], int, int, int, Mapping[str, Shape], Collection[int] | None], Decoder]
 
 FAMILIES: dict[str, DecoderFactory] = {
     "nanodet": NanoDetDecoder.from_metadata,
@@ -84,7 +83,12 @@ class Detector(Protocol):
 
 
 class OnnxDetector:
-    """A Detector over one onnxruntime session. Not thread-safe: one per camera loop."""
+    """A Detector over one onnxruntime session, shared by every camera of the agent.
+
+    detect() is thread-safe by serialising calls: the input tensor and decode buffers are reused
+    between frames, and the session already uses all the cores it was given, so running two frames at
+    once would only make both slower.
+    """
 
     def __init__(
         self,
@@ -113,25 +117,29 @@ class OnnxDetector:
         self.mean_inference_ms = 0.0
         self.last_detect_ms = 0.0
         self.frames = 0
+        self._lock = threading.Lock()
 
     def detect(self, frame_bgr: npt.NDArray[Any]) -> list[Detection]:
         # Typed as any array because that is what OpenCV's stubs say cv2 returns; the dtype and shape
         # are checked at run time instead.
-        started = time.perf_counter()
-        tensor = self.preprocess(check_frame(frame_bgr))
-        before_run = time.perf_counter()
-        outputs = self.session.run(self._output_names, {self.input_name: tensor})
-        after_run = time.perf_counter()
-        detections = self._postprocess(outputs)
-        self._record((after_run - before_run) * 1000.0, (time.perf_counter() - started) * 1000.0)
+        frame = check_frame(frame_bgr)
+        with self._lock:
+            started = time.perf_counter()
+            tensor = self.preprocess(frame)
+            before_run = time.perf_counter()
+            outputs = self.session.run(self._output_names, {self.input_name: tensor})
+            after_run = time.perf_counter()
+            detections = self._postprocess(outputs)
+            self._record((after_run - before_run) * 1000.0, (time.perf_counter() - started) * 1000.0)
         return detections
 
     def warm_up(self, runs: int = 2) -> None:
         """Run on a blank frame so that the first real frame is not the slow one; stats are untouched."""
         blank = np.zeros((self.metadata.input.height, self.metadata.input.width, 3), dtype=np.uint8)
-        tensor = self.preprocess(blank)
-        for _ in range(runs):
-            self.session.run(self._output_names, {self.input_name: tensor})
+        with self._lock:
+            tensor = self.preprocess(blank)
+            for _ in range(runs):
+                self.session.run(self._output_names, {self.input_name: tensor})
 
     def _postprocess(self, outputs: list[npt.NDArray[np.float32]]) -> list[Detection]:
         candidates = self.decoder.decode(outputs, self.score_threshold)
@@ -188,8 +196,7 @@ def load_detector(
     factory = FAMILIES.get(metadata.family)
     if factory is None:
         raise ModelError(
-            f"model sidecar {sidecar_path(path)} names family {metadata.family!r}; known families: "
-            f"{sorted(FAMILIES)}"
+            f"model sidecar {sidecar_path(path)} names family {metadata.family!r}; known families: {sorted(FAMILIES)}"
         )
     class_ids = _class_ids(metadata, labels)
     threads = resolve_threads(threads)
@@ -225,9 +232,7 @@ def _class_ids(metadata: ModelMetadata, labels: Collection[str] | None) -> list[
     index = {label: i for i, label in enumerate(metadata.labels)}
     unknown = sorted(set(labels) - index.keys())
     if unknown:
-        raise ValueError(
-            f"unknown labels {unknown}; model {metadata.name!r} knows: {', '.join(metadata.labels)}"
-        )
+        raise ValueError(f"unknown labels {unknown}; model {metadata.name!r} knows: {', '.join(metadata.labels)}")
     if not labels:
         raise ValueError("labels is empty: pass None to report every class")
     return [index[label] for label in labels]
@@ -240,20 +245,15 @@ def _check_input(session: ort.InferenceSession, metadata: ModelMetadata, path: P
     if spec.name not in inputs:
         raise ModelError(f"{where}: sidecar input name {spec.name!r}, model inputs {sorted(inputs)}")
     if len(inputs) != 1:
-        raise ModelError(
-            f"model {path.name} has {len(inputs)} inputs {sorted(inputs)}; only one is supported"
-        )
+        raise ModelError(f"model {path.name} has {len(inputs)} inputs {sorted(inputs)}; only one is supported")
     model_input = inputs[spec.name]
     if model_input.type != "tensor(float)":
         raise ModelError(
-            f"model {path.name} input {spec.name!r} is {model_input.type}; "
-            "only float32 NCHW inputs are supported"
+            f"model {path.name} input {spec.name!r} is {model_input.type}; only float32 NCHW inputs are supported"
         )
     expected = (1, 3, spec.height, spec.width)
     shape = tuple(model_input.shape)
     if len(shape) != 4 or any(
         isinstance(have, int) and have != want for have, want in zip(shape, expected, strict=True)
     ):
-        raise ModelError(
-            f"{where}: sidecar input [1, 3, {spec.height}, {spec.width}], model input {list(shape)}"
-        )
+        raise ModelError(f"{where}: sidecar input [1, 3, {spec.height}, {spec.width}], model input {list(shape)}")

@@ -63,9 +63,7 @@ class NanoDetDecoder:
             grid_w = math.ceil(input_width / stride)
             grid_h = math.ceil(input_height / stride)
             cells = grid_w * grid_h
-            score_names.append(
-                self._find(output_shapes, cells, num_classes, f"class scores at stride {stride}")
-            )
+            score_names.append(self._find(output_shapes, cells, num_classes, f"class scores at stride {stride}"))
             box_names.append(self._find(output_shapes, cells, 4 * bins, f"box distances at stride {stride}"))
             ys, xs = np.divmod(np.arange(cells, dtype=np.float32), np.float32(grid_w))
             centres_x.append(((xs + head.cell_centre_offset) * stride).astype(np.float32))
@@ -121,9 +119,7 @@ class NanoDetDecoder:
         keep = np.flatnonzero(scores >= score_threshold)
         if keep.size == 0:
             return Candidates.empty()
-        np.concatenate(
-            [out.reshape(-1, self._distances.shape[1]) for out in outputs[levels:]], out=self._distances
-        )
+        np.concatenate([out.reshape(-1, self._distances.shape[1]) for out in outputs[levels:]], out=self._distances)
         logits = self._distances[keep].reshape(keep.size, 4, self._bins.size)
         # Softmax over the bins then the expected bin: the distance in units of the stride.
         weights = np.exp(logits - logits.max(axis=2, keepdims=True))

@@ -56,6 +56,4 @@ def create_session(model: bytes, threads: int | None = None) -> ort.InferenceSes
     # but the whole detect() got faster (27.1 → 25.3 ms mean, p95 35.0 → 29.3 ms).
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.log_severity_level = 3
-    return ort.InferenceSession(
-        model, sess_options=options, providers=choose_providers(ort.get_available_providers())
-    )
+    return ort.InferenceSession(model, sess_options=options, providers=choose_providers(ort.get_available_providers()))

@@ -152,7 +152,10 @@ class IouTracker:
         Call it for every processed frame, also those with no detections: that is how tracks end.
         """
         if self._now is not None and now < self._now:
-            raise ValueError(f"time went backwards: update at {now} after {self._now}")
+            # A frame stamped at capture can arrive after an empty update stamped later (a camera
+            # that stalled and came back). Crashing the camera loop over that race helps nobody:
+            # treat it as no time having passed.
+            now = self._now
         self._now = now
         result = TrackUpdate()
         matched = self._match(detections, now)

@@ -30,18 +30,13 @@ class YoloV8Decoder:
         classes: Collection[int] | None = None,
     ) -> None:
         self.num_classes = num_classes
-        names = [
-            name for name, shape in output_shapes.items() if dims_match(shape, (None, 4 + num_classes, None))
-        ]
+        names = [name for name, shape in output_shapes.items() if dims_match(shape, (None, 4 + num_classes, None))]
         if len(names) != 1:
             transposed = [
-                name
-                for name, shape in output_shapes.items()
-                if dims_match(shape, (None, None, 4 + num_classes))
+                name for name, shape in output_shapes.items() if dims_match(shape, (None, None, 4 + num_classes))
             ]
             hint = (
-                f" Output {transposed[0]} looks transposed ([1, N, {4 + num_classes}]); export without "
-                "transposing."
+                f" Output {transposed[0]} looks transposed ([1, N, {4 + num_classes}]); export without transposing."
                 if transposed
                 else ""
             )
@@ -81,7 +76,5 @@ class YoloV8Decoder:
         cx, cy, w, h = out[:4, keep]
         half_w = w / 2
         half_h = h / 2
-        boxes = np.stack([cx - half_w, cy - half_h, cx + half_w, cy + half_h], axis=1).astype(
-            np.float32, copy=False
-        )
+        boxes = np.stack([cx - half_w, cy - half_h, cx + half_w, cy + half_h], axis=1).astype(np.float32, copy=False)
         return Candidates(boxes, scores[keep], class_ids[keep])
