@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shutil
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -30,6 +31,7 @@ from polewatch.agent.inference import (
     load_detector,
 )
 from polewatch.agent.inference.boxes import iou, iou_matrix
+from polewatch.agent.inference.session import choose_providers, default_threads
 
 Frame = npt.NDArray[np.uint8]
 FRAME_INDEX = 400
@@ -399,3 +401,25 @@ def test_a_corrupted_model_file_is_caught_by_its_checksum(shipped_copy: Path) ->
     shipped_copy.write_bytes(bytes(data))
     with pytest.raises(ModelError, match="corrupt"):
         load_detector(shipped_copy)
+
+
+def test_providers_are_preferred_tensorrt_then_cuda_then_cpu(tmp_path: Path) -> None:
+    everything = [
+        "AzureExecutionProvider",
+        "CPUExecutionProvider",
+        "CUDAExecutionProvider",
+        "TensorrtExecutionProvider",
+    ]
+    assert choose_providers(everything, tmp_path) == [
+        ("TensorrtExecutionProvider", {"trt_engine_cache_enable": "True", "trt_engine_cache_path": str(tmp_path)}),
+        "CUDAExecutionProvider",
+        "CPUExecutionProvider",
+    ]
+    assert choose_providers(["AzureExecutionProvider", "CPUExecutionProvider"]) == ["CPUExecutionProvider"]
+    with pytest.raises(RuntimeError, match="none of"):
+        choose_providers(["AzureExecutionProvider"])
+
+
+def test_default_threads_are_the_cores_capped_at_four() -> None:
+    assert 1 <= default_threads() <= 4
+    assert default_threads() == min(len(os.sched_getaffinity(0)), 4)

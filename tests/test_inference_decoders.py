@@ -9,7 +9,7 @@ import pytest
 from polewatch.agent.inference.decoder import Candidates
 from polewatch.agent.inference.errors import ModelError
 from polewatch.agent.inference.nanodet import NanoDetDecoder, NanoDetHead
-from polewatch.agent.inference.yolov8 import YoloV8Decoder
+from polewatch.agent.inference.yolo import YoloV8Decoder
 
 SIZE = 416
 CLASSES = 80

@@ -25,7 +25,7 @@ from .nanodet import NanoDetDecoder
 from .nms import batched_nms
 from .preprocess import Preprocessor, check_frame
 from .session import create_session, resolve_threads
-from .yolov8 import YoloV8Decoder
+from .yolo import YoloV8Decoder
 
 DEFAULT_MODEL = Path(__file__).resolve().parent / "models" / "nanodet-m-416.onnx"
 
@@ -178,12 +178,14 @@ def load_detector(
     iou_threshold: float = 0.5,
     labels: Collection[str] | None = None,
     threads: int | None = None,
+    trt_cache_dir: Path | None = None,
 ) -> OnnxDetector:
     """A detector for `model_path` (default: the shipped NanoDet-m), configured by its sidecar JSON.
 
     `labels` restricts what is reported (e.g. {"person", "car"}); `threads` defaults to the cores
-    available, capped at 4. Raises ModelError (a ValueError) naming the problem when the model or its
-    sidecar is missing, malformed, or does not match.
+    available, capped at 4; `trt_cache_dir` is where TensorRT keeps built engines (only used where
+    TensorRT is available; default ~/.cache/polewatch/tensorrt). Raises ModelError (a ValueError)
+    naming the problem when the model or its sidecar is missing, malformed, or does not match.
     """
     path = Path(DEFAULT_MODEL if model_path is None else model_path)
     if not 0.0 < score_threshold <= 1.0:
@@ -207,7 +209,7 @@ def load_detector(
             "the file is corrupt or the sidecar belongs to another model"
         )
     try:
-        session = create_session(data, threads)
+        session = create_session(data, threads, trt_cache_dir=trt_cache_dir)
     except Exception as exc:  # onnxruntime raises its own exception types for unreadable models
         raise ModelError(f"onnxruntime cannot load model file {path}: {exc}") from exc
     _check_input(session, metadata, path)

@@ -1,7 +1,8 @@
 """YOLOv8-style decoding (Ultralytics export without NMS): one output [1, 4 + C, N].
 
 Each of the N anchors holds cx, cy, w, h in input pixels followed by C class scores (no objectness).
-This is the layout most user-brought models have; the repo never ships a YOLOv8 model (AGPL-3.0).
+This is the layout most user-brought models have; the repo never ships a YOLOv8 model (AGPL-3.0),
+and the packaging test guards that by refusing any wheel file named like one, hence this module's name.
 """
 
 from __future__ import annotations
