@@ -8,6 +8,7 @@ to install instead of failing with an import traceback.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import json
 from pathlib import Path
 from typing import Annotated
@@ -23,15 +24,25 @@ app = typer.Typer(
     add_completion=False,
 )
 
+# role: (CLI module, extra, help, modules the extra brings). Role CLIs import their heavy
+# dependencies lazily, so the check looks for the extra's modules without importing them.
 ROLES = {
-    "agent": ("polewatch.agent.cli", "agent", "Run the pole agent (on the box)."),
-    "server": ("polewatch.fleet_server.cli", "server", "Run the fleet server (central host)."),
-    "provision": ("polewatch.provisioning.cli", "provision", "Bring a new pole's box into the fleet."),
+    "agent": ("polewatch.agent.cli", "agent", "Run the pole agent (on the box).", ("cv2", "onnxruntime", "aiomqtt")),
+    "server": (
+        "polewatch.fleet_server.cli",
+        "server",
+        "Run the fleet server (central host).",
+        ("fastapi", "sqlalchemy", "uvicorn", "aiomqtt"),
+    ),
+    "provision": ("polewatch.provisioning.cli", "provision", "Bring a new pole's box into the fleet.", ("cv2",)),
 }
 
 
-def _mount(name: str, module: str, extra: str, help_text: str) -> None:
+def _mount(name: str, module: str, extra: str, help_text: str, needs: tuple[str, ...]) -> None:
+    missing = next((m for m in needs if importlib.util.find_spec(m) is None), None)
     try:
+        if missing is not None:
+            raise ModuleNotFoundError(name=missing)
         sub = importlib.import_module(module).app
     except ModuleNotFoundError as exc:
         missing = exc.name or str(exc)
@@ -46,13 +57,18 @@ def _mount(name: str, module: str, extra: str, help_text: str) -> None:
             )
             raise typer.Exit(3)
 
-        app.command(name, help=escape(f"{help_text} (needs: pip install 'polewatch[{extra}]')"))(unavailable)
+        app.command(
+            name,
+            help=escape(f"{help_text} (needs: pip install 'polewatch[{extra}]')"),
+            # Accept whatever sub-command and flags follow, so the user sees the install hint.
+            context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+        )(unavailable)
         return
     app.add_typer(sub, name=name, help=help_text)
 
 
-for _name, (_module, _extra, _help) in ROLES.items():
-    _mount(_name, _module, _extra, _help)
+for _name, (_module, _extra, _help, _needs) in ROLES.items():
+    _mount(_name, _module, _extra, _help, _needs)
 
 
 @app.command()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 import sys
 import venv
@@ -30,8 +31,12 @@ def test_editable_install_maps_the_folders() -> None:
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("dist")
+    # Build from a clean copy: setuptools' build/ folder in a work tree can carry stale files.
+    source = tmp_path_factory.mktemp("src") / "polewatch"
+    shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(
+        ".git", ".venv*", "build", "dist", "*.egg-info", "__pycache__", ".*_cache", ".lint"))
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "--wheel-dir", str(out), str(REPO)],
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "--wheel-dir", str(out), str(source)],
         check=True,
     )
     (built,) = out.glob("polewatch-*.whl")
@@ -87,10 +92,15 @@ def test_built_wheel_imports_in_a_fresh_environment(wheel: Path, tmp_path: Path)
     code = "import importlib; " + "; ".join(
         f"print(importlib.import_module({p!r}).__file__)" for p in PACKAGES
     )
-    files = subprocess.run([str(python), "-c", code], check=True, capture_output=True, text=True).stdout.split()
+    # Run from elsewhere than the repo, or `import polewatch` would find the source folder.
+    files = subprocess.run(
+        [str(python), "-c", code], check=True, capture_output=True, text=True, cwd=tmp_path
+    ).stdout.split()
     assert len(files) == len(PACKAGES)
     assert all(str(env_dir) in f and str(REPO) not in f for f in files), files
     # With only the base install, a role whose extra is missing says what to install.
-    result = subprocess.run([str(env_dir / "bin" / "polewatch"), "server", "run"], capture_output=True, text=True)
+    result = subprocess.run(
+        [str(env_dir / "bin" / "polewatch"), "server", "run"], capture_output=True, text=True, cwd=tmp_path
+    )
     assert result.returncode == 3
     assert "pip install 'polewatch[server]'" in result.stderr

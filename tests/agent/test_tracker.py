@@ -10,7 +10,7 @@ import pytest
 
 from polewatch.agent.inference import Detection, IouTracker, TrackUpdate, load_detector
 
-CLIP = Path(__file__).resolve().parents[1] / "polewatch" / "samples" / "vtest-clip.mp4"
+CLIP = Path(__file__).resolve().parents[2] / "polewatch" / "samples" / "vtest-clip.mp4"
 
 
 def person(x1: float, y1: float, x2: float, y2: float, score: float = 0.8, label: str = "person") -> Detection:
