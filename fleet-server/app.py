@@ -47,9 +47,7 @@ def create_app(settings: Settings | None = None, *, run_ingest: bool = True, mig
     feed = Feed()
     store = Store(sessions)
     ingest = Ingest(settings, store, feed)
-    services = Services(
-        settings=settings, engine=engine, sessions=sessions, store=store, feed=feed, ingest=ingest
-    )
+    services = Services(settings=settings, engine=engine, sessions=sessions, store=store, feed=feed, ingest=ingest)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:

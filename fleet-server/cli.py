@@ -40,21 +40,15 @@ DatabaseUrl = Annotated[
 @app.command()
 def run(
     database_url: DatabaseUrl = _DEFAULTS.database_url,
-    mqtt_host: Annotated[
-        str, typer.Option(envvar="POLEWATCH_MQTT_HOST", help="Broker host.")
-    ] = _DEFAULTS.mqtt_host,
-    mqtt_port: Annotated[
-        int, typer.Option(envvar="POLEWATCH_MQTT_PORT", help="Broker port.")
-    ] = _DEFAULTS.mqtt_port,
+    mqtt_host: Annotated[str, typer.Option(envvar="POLEWATCH_MQTT_HOST", help="Broker host.")] = _DEFAULTS.mqtt_host,
+    mqtt_port: Annotated[int, typer.Option(envvar="POLEWATCH_MQTT_PORT", help="Broker port.")] = _DEFAULTS.mqtt_port,
     mqtt_username: Annotated[
         str,
         typer.Option(envvar="POLEWATCH_MQTT_USERNAME", help="Broker account of the server ('' for none)."),
     ] = _DEFAULTS.mqtt_username or "",
     mqtt_password: Annotated[
         str | None,
-        typer.Option(
-            envvar="POLEWATCH_MQTT_PASSWORD", help="Broker password; prefer the environment variable."
-        ),
+        typer.Option(envvar="POLEWATCH_MQTT_PASSWORD", help="Broker password; prefer the environment variable."),
     ] = None,
     mqtt_client_id: Annotated[
         str,
@@ -70,9 +64,7 @@ def run(
         int,
         typer.Option(envvar="POLEWATCH_HTTP_PORT", help="Port for the API and console (0: any free port)."),
     ] = _DEFAULTS.http_port,
-    log_level: Annotated[
-        str, typer.Option(envvar="POLEWATCH_LOG_LEVEL", help="DEBUG, INFO, WARNING...")
-    ] = "INFO",
+    log_level: Annotated[str, typer.Option(envvar="POLEWATCH_LOG_LEVEL", help="DEBUG, INFO, WARNING...")] = "INFO",
 ) -> None:
     """Serve the REST API and the console, and ingest MQTT, until Ctrl-C or SIGTERM."""
     from pydantic import SecretStr, ValidationError

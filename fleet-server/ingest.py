@@ -21,7 +21,6 @@ import asyncio
 import contextlib
 import logging
 import random
-import re
 from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -29,6 +28,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 import aiomqtt
+
 from polewatch.protocol import KINDS, MessageError, decode, topics
 
 from .feed import Feed, FeedItem
@@ -46,19 +46,8 @@ def reject_reason(exc: Exception) -> str:
     """A short, stable reason code for a rejected message, for counters and alerts on them."""
     if isinstance(exc, topics.TopicError):
         return "bad_topic"
-    text = str(exc)
-    for prefix, reason in (
-        ("payload is not JSON", "not_json"),
-        ("payload is a JSON", "not_object"),
-        ("unknown message kind", "unknown_kind"),
-        ("envelope device_id", "device_mismatch"),
-        ("envelope kind", "kind_mismatch"),
-    ):
-        if text.startswith(prefix):
-            return reason
-    match = re.match(r"invalid (\w+) message", text)
-    if match and match.group(1) in KINDS:
-        return f"invalid_{match.group(1)}"
+    if isinstance(exc, MessageError):
+        return exc.reason
     return "invalid"
 
 
@@ -189,7 +178,11 @@ class Ingest:
         try:
             await asyncio.wait({consume, subscribe}, return_when=asyncio.FIRST_COMPLETED)
             if subscribe.done():
-                subscribe.result()  # raises if the broker refused the subscription
+                granted = subscribe.result()  # raises if the broker did not answer
+                # MQTT 3.1.1 refuses a subscription (e.g. by ACL) with return code 0x80 in the
+                # SUBACK, not with an error: treat it as a failed connection and retry.
+                if any((code if isinstance(code, int) else code.value) >= 0x80 for code in granted):
+                    raise aiomqtt.MqttError(f"the broker refused the subscription to {topics.all_up()}")
                 self._on_connected()
             await consume  # until the connection drops (raises MqttError)
         finally:
@@ -223,7 +216,10 @@ class Ingest:
                 if parsed.direction != "up":
                     raise topics.TopicError(f"topic {topic!r} is a down topic")
                 if parsed.kind not in KINDS:
-                    raise MessageError(f"unknown message kind {parsed.kind!r} in the topic")
+                    raise MessageError(f"unknown message kind {parsed.kind!r} in the topic", reason="unknown_kind")
+                if not payload:
+                    # What clearing a retained presence looks like (decommissioning a pole).
+                    raise MessageError("empty payload", reason="empty_payload")
                 message = decode(bytes(payload), parsed)
             except (topics.TopicError, MessageError) as exc:
                 self._reject(reject_reason(exc), topic, bytes(payload), str(exc))

@@ -10,8 +10,9 @@ import logging
 from datetime import datetime
 from typing import Any
 
-from polewatch.protocol import Box, Health
 from pydantic import BaseModel, Field, ValidationError
+
+from polewatch.protocol import Box, Health
 
 from .models import Device, Event
 
@@ -26,9 +27,7 @@ class ErrorOut(BaseModel):
 
 class DeviceOut(BaseModel):
     device_id: str
-    online: bool = Field(
-        description="From the device's last presence message (retained online / last-will offline)."
-    )
+    online: bool = Field(description="From the device's last presence message (retained online / last-will offline).")
     presence_reason: str | None = Field(description="Why the presence last changed, as the device said.")
     agent_version: str | None
     first_seen: datetime
@@ -44,9 +43,7 @@ class DeviceOut(BaseModel):
             try:
                 health = Health.model_validate(row.last_health)
             except ValidationError as exc:  # stored by an older or newer contract: show the rest
-                log.warning(
-                    "stored health does not validate", extra={"device_id": row.device_id, "error": str(exc)}
-                )
+                log.warning("stored health does not validate", extra={"device_id": row.device_id, "error": str(exc)})
         return cls(
             device_id=row.device_id,
             online=row.online,
@@ -117,8 +114,8 @@ class IngestStatsOut(BaseModel):
     duplicates: int = Field(description="Redeliveries of a message id already stored; not stored again.")
     rejected: int
     rejected_by_reason: dict[str, int] = Field(
-        description="bad_topic, not_json, not_object, unknown_kind, invalid_<kind>, device_mismatch, "
-        "kind_mismatch, store_error"
+        description="bad_topic, empty_payload, not_json, not_object, unknown_kind, invalid_<kind>, "
+        "device_mismatch, kind_mismatch, store_error"
     )
     store_retries: int = Field(
         description="Batches retried because the database was unavailable; their messages stayed "

@@ -19,11 +19,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from polewatch.protocol import AnyMessage, DetectionMessage, HealthMessage, PresenceMessage
 from sqlalchemy import Table, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
+
+from polewatch.protocol import AnyMessage, DetectionMessage, HealthMessage, PresenceMessage
 
 from .models import Device, Event, HealthSample, PresenceChange
 from .schemas import DeviceOut, EventOut
@@ -76,8 +77,7 @@ class Store:
         except OperationalError as exc:
             raise TransientStoreError(str(exc.orig) if exc.orig else str(exc)) from exc
         except SQLAlchemyError:
-            if len(batch) == 1:
-                return [self._apply_alone(batch[0])]
+            pass  # a problem with one of the messages: find it by storing them one by one
         return [self._apply_alone(item) for item in batch]
 
     def _apply_alone(self, item: Received) -> Outcome:

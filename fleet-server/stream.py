@@ -47,9 +47,7 @@ def _cursor(last_event_id: str | None, after: int | None) -> int | None:
         try:
             return max(0, int(last_event_id.strip()))
         except ValueError:
-            log.warning(
-                "ignoring a Last-Event-ID that is not ours", extra={"last_event_id": last_event_id[:80]}
-            )
+            log.warning("ignoring a Last-Event-ID that is not ours", extra={"last_event_id": last_event_id[:80]})
     return after
 
 

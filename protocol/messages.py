@@ -33,7 +33,15 @@ SCHEMA_VERSION: Literal[1] = 1
 
 
 class MessageError(ValueError):
-    """A payload that is not a valid v1 message; the text says what is wrong with it."""
+    """A payload that is not a valid v1 message; the text says what is wrong with it.
+
+    `reason` is a short stable code (`not_json`, `unknown_kind`, `invalid_health`, ...) for counters
+    and alerts, so receivers never have to parse the human text.
+    """
+
+    def __init__(self, message: str, *, reason: str = "invalid") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class Body(BaseModel):
@@ -180,23 +188,26 @@ def decode(payload: bytes | str, topic: ParsedTopic | None = None) -> AnyMessage
     try:
         raw: Any = json.loads(payload)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise MessageError(f"payload is not JSON: {exc}") from exc
+        raise MessageError(f"payload is not JSON: {exc}", reason="not_json") from exc
     if not isinstance(raw, dict):
-        raise MessageError(f"payload is a JSON {type(raw).__name__}, expected an object")
+        raise MessageError(f"payload is a JSON {type(raw).__name__}, expected an object", reason="not_object")
     kind = raw.get("kind")
     if kind not in KINDS:
-        raise MessageError(f"unknown message kind {kind!r}; v1 knows {', '.join(KINDS)}")
+        raise MessageError(f"unknown message kind {kind!r}; v1 knows {', '.join(KINDS)}", reason="unknown_kind")
     try:
         message = _MESSAGE_ADAPTER.validate_python(raw)
     except ValidationError as exc:
-        raise MessageError(f"invalid {kind} message: {_describe(exc)}") from exc
+        raise MessageError(f"invalid {kind} message: {_describe(exc)}", reason=f"invalid_{kind}") from exc
     if topic is not None:
         if topic.device_id != message.device_id:
             raise MessageError(
-                f"envelope device_id {message.device_id!r} does not match topic device {topic.device_id!r}"
+                f"envelope device_id {message.device_id!r} does not match topic device {topic.device_id!r}",
+                reason="device_mismatch",
             )
         if topic.kind != message.kind:
-            raise MessageError(f"envelope kind {message.kind!r} does not match topic kind {topic.kind!r}")
+            raise MessageError(
+                f"envelope kind {message.kind!r} does not match topic kind {topic.kind!r}", reason="kind_mismatch"
+            )
     return message
 
 

@@ -73,7 +73,7 @@ def test_demo_runs_the_whole_stack_and_stops_cleanly(tmp_path: Path) -> None:
         print(f"demo ready in {ready_s:.1f} s, {len(rows)} events stored")
     finally:
         demo.send_signal(signal.SIGINT)
-        out, err = demo.communicate(timeout=60)
+        _out, err = demo.communicate(timeout=60)
     assert demo.returncode == 0, err
     assert "stopped cleanly" in err
     # Every child is gone: nothing listens on the console port any more.

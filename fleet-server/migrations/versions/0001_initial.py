@@ -69,9 +69,7 @@ def upgrade() -> None:
         sa.Column("frame_time", _ts(), nullable=False),
         sa.Column("sent_at", _ts(), nullable=False),
         sa.Column("received_at", _ts(), nullable=False),
-        sa.ForeignKeyConstraint(
-            ["device_id"], ["devices.device_id"], name=op.f("fk_events_device_id_devices")
-        ),
+        sa.ForeignKeyConstraint(["device_id"], ["devices.device_id"], name=op.f("fk_events_device_id_devices")),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_events")),
         sa.UniqueConstraint("message_id", name=op.f("uq_events_message_id")),
         # Never reuse a row id: ids are the console's SSE resume cursor.
@@ -89,9 +87,7 @@ def upgrade() -> None:
         sa.Column("sent_at", _ts(), nullable=False),
         sa.Column("received_at", _ts(), nullable=False),
         sa.Column("body", _json(), nullable=False),
-        sa.ForeignKeyConstraint(
-            ["device_id"], ["devices.device_id"], name=op.f("fk_health_samples_device_id_devices")
-        ),
+        sa.ForeignKeyConstraint(["device_id"], ["devices.device_id"], name=op.f("fk_health_samples_device_id_devices")),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_health_samples")),
         sa.UniqueConstraint("message_id", name=op.f("uq_health_samples_message_id")),
     )

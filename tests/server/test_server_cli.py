@@ -17,10 +17,10 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from support.brokers import USERS, BrokerProcess
-from support.ports import free_port
 
 from polewatch.fleet_server.logs import setup_logging
+from support.brokers import USERS, BrokerProcess
+from support.ports import free_port
 
 
 @pytest.mark.mqtt

@@ -10,8 +10,9 @@ from typing import Any
 
 import httpx
 import pytest
+
 from support.brokers import BrokerProcess
-from test_server_kit import detection, live_server, pole, presence, settings_for, sse_events, wait_for
+from support.server import detection, live_server, pole, presence, settings_for, sse_events, wait_for
 
 pytestmark = pytest.mark.mqtt
 

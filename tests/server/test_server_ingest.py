@@ -11,8 +11,11 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+
+from polewatch.fleet_server.models import Device, Event, HealthSample, PresenceChange
+from polewatch.protocol import encode
 from support.brokers import BrokerProcess
-from test_server_kit import (
+from support.server import (
     count,
     detection,
     health,
@@ -22,9 +25,6 @@ from test_server_kit import (
     settings_for,
     wait_for,
 )
-
-from polewatch.fleet_server.models import Device, Event, HealthSample, PresenceChange
-from polewatch.protocol import encode
 
 pytestmark = pytest.mark.mqtt
 
@@ -88,6 +88,7 @@ async def test_malformed_messages_are_counted_by_reason_and_never_stop_the_inges
             await pa.raw("detection", json.dumps(bad_box).encode())
             await pa.raw("health", encode(detection()))  # a detection on the health topic
             await pa.raw("firmware", b"{}")  # a kind this server does not know
+            await pa.raw("presence", b"")  # clearing a retained presence
             good = detection(label="bicycle")
             await pa.send(good)
             await wait_for(lambda: count(run.sessions, Event) == 1, what="the valid message after the bad ones")
@@ -100,6 +101,7 @@ async def test_malformed_messages_are_counted_by_reason_and_never_stop_the_inges
             "device_mismatch": 1,
             "invalid_detection": 1,
             "kind_mismatch": 1,
+            "empty_payload": 1,
         }
         assert stats.accepted == 1
         with run.sessions() as s:
@@ -107,8 +109,16 @@ async def test_malformed_messages_are_counted_by_reason_and_never_stop_the_inges
             assert s.get(Device, "pole-b") is None  # a spoofed envelope creates nothing
         reasons = [r.__dict__.get("reason") for r in caplog.records if r.getMessage() == "rejected message"]
         assert sorted(r for r in reasons if r) == sorted(
-            ["not_json", "not_object", "unknown_kind", "unknown_kind", "device_mismatch", "invalid_detection",
-             "kind_mismatch"]
+            [
+                "not_json",
+                "not_object",
+                "unknown_kind",
+                "unknown_kind",
+                "device_mismatch",
+                "invalid_detection",
+                "kind_mismatch",
+                "empty_payload",
+            ]
         )
         box_log = next(r for r in caplog.records if r.__dict__.get("reason") == "invalid_detection")
         assert "out of order" in box_log.__dict__["detail"]

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import httpx
 import pytest
-from test_server_kit import detection, health, presence, settings_for
 
 from polewatch.fleet_server import create_app
 from polewatch.fleet_server.store import Received
 from polewatch.protocol import AnyMessage
+from support.server import detection, health, presence, settings_for
 
 
 @contextlib.asynccontextmanager

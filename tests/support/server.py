@@ -1,7 +1,7 @@
 """Helpers for the fleet-server tests (no tests here): real messages, a real ingest, a live server.
 
 Kept in a test_server_* module because the server's tests own that name space; the other
-test_server_* modules import it as `test_server_kit` (tests/ is on the path).
+The tests under tests/server import it as `support.server` (tests/ is on the path).
 """
 
 from __future__ import annotations
@@ -9,17 +9,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import aiomqtt
 from pydantic import SecretStr
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session, sessionmaker
-from support.brokers import USERS, BrokerProcess
 
 from polewatch.fleet_server.db import make_engine, make_sessionmaker, upgrade
 from polewatch.fleet_server.feed import Feed
@@ -37,8 +36,7 @@ from polewatch.protocol import (
     encode,
     topics,
 )
-
-T = TypeVar("T")
+from support.brokers import USERS, BrokerProcess
 
 
 def settings_for(broker: BrokerProcess | None, db: Path, **overrides: Any) -> Settings:
@@ -80,7 +78,7 @@ def detection(
 ) -> AnyMessage:
     body = Detection(
         event_id=event_id,
-        phase=phase,  # type: ignore[arg-type]
+        phase=phase,
         camera_id=camera,
         label=label,
         score=score,
@@ -108,7 +106,7 @@ def health(device: str = "pole-a", *, cpu: float = 37.5, memory: float = 41.0, f
 
 
 def presence(device: str = "pole-a", state: str = "online", reason: str = "connected") -> AnyMessage:
-    body = Presence(state=state, agent_version="0.1.0", reason=reason)  # type: ignore[arg-type]
+    body = Presence(state=state, agent_version="0.1.0", reason=reason)
     return build(body, device_id=device, seq=_next_seq(device))
 
 
@@ -134,9 +132,7 @@ class Pole:
     async def send(self, message: AnyMessage, *, retain: bool | None = None) -> None:
         if retain is None:
             retain = message.kind == "presence"
-        await self.client.publish(
-            topics.up(self.device, message.kind), encode(message), qos=1, retain=retain
-        )
+        await self.client.publish(topics.up(self.device, message.kind), encode(message), qos=1, retain=retain)
 
     async def raw(self, kind: str, payload: bytes, *, device: str | None = None) -> None:
         await self.client.publish(topics.up(device or self.device, kind), payload, qos=1)
@@ -145,14 +141,15 @@ class Pole:
 # --- waiting --------------------------------------------------------------------------------------
 
 
-async def wait_for(check: Callable[[], Awaitable[T] | T], timeout: float = 10, what: str = "condition") -> T:
+async def wait_for(check: Callable[[], Any], timeout: float = 10, what: str = "condition") -> Any:
+    """Poll `check` (plain or async) until it returns something truthy; return that."""
     deadline = time.monotonic() + timeout
     while True:
         value = check()
         if asyncio.iscoroutine(value):
             value = await value
         if value:
-            return value  # type: ignore[return-value]
+            return value
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         await asyncio.sleep(0.05)
@@ -221,7 +218,8 @@ async def live_server(settings: Settings) -> AsyncIterator[str]:
 
     task = asyncio.create_task(serve(settings, on_ready=on_ready, stop=stop))
     try:
-        done, _ = await asyncio.wait({task, ready}, timeout=20, return_when=asyncio.FIRST_COMPLETED)
+        waiting: set[asyncio.Future[Any]] = {task, ready}
+        done, _ = await asyncio.wait(waiting, timeout=20, return_when=asyncio.FIRST_COMPLETED)
         if task in done:
             task.result()
             raise AssertionError("server exited during start")
