@@ -109,7 +109,12 @@ class FrameSource:
         if self.is_file and not Path(path).exists():
             log.error("video file does not exist", extra={"camera": self.camera_id, "path": path})
             return None
-        cap = cv2.VideoCapture(path, cv2.CAP_FFMPEG)
+        params: list[int] = []
+        if not self.is_file:
+            # Opening includes FFmpeg's probe of the first seconds of stream (~2.4 s here): its own bound.
+            params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, 15_000,
+                      cv2.CAP_PROP_READ_TIMEOUT_MSEC, int(self.stall_timeout_s * 1000)]
+        cap = cv2.VideoCapture(path, cv2.CAP_FFMPEG, params)
         if not cap.isOpened():
             cap.release()
             return None
@@ -117,6 +122,7 @@ class FrameSource:
 
     def _run(self) -> None:
         attempt = 0
+        ever_connected = False
         while not self._stop.is_set():
             cap = self._open()
             if cap is None:
@@ -129,29 +135,44 @@ class FrameSource:
                 attempt += 1
                 self._stop.wait(delay)
                 continue
-            if attempt or self.reconnects:
+            if ever_connected:
                 self.reconnects += 1
+            ever_connected = True
             attempt = 0
             self.connected = True
             log.info("camera connected", extra={"camera": self.camera_id, "url": redact_url(self.url)})
+            frames_before = self.frames_read
             try:
-                self._read_until_failure(cap)
+                ended = self._read_until_failure(cap)
             finally:
                 cap.release()
                 self.connected = False
+            if ended and self.is_file and not self.loop:
+                log.info("video file ended", extra={"camera": self.camera_id})
+                return
+            if self.frames_read == frames_before:
+                # Opens but yields nothing (a corrupt file, a camera that hangs up at once): back off
+                # as for a failed open instead of spinning.
+                attempt += 1
+                self._stop.wait(random.uniform(0.5, min(self.reconnect_max_s, 2.0 ** min(attempt, 6))))
 
-    def _read_until_failure(self, cap: cv2.VideoCapture) -> None:
+    def _read_until_failure(self, cap: cv2.VideoCapture) -> bool:
+        """Read until the stream fails, stalls or ends; True when a file reached its end."""
         file_fps = cap.get(cv2.CAP_PROP_FPS) if self.is_file else 0.0
         frame_interval = 1.0 / file_fps if file_fps and file_fps > 0 else 0.0
-        next_due = time.monotonic()
+        next_due = last_frame = time.monotonic()
         while not self._stop.is_set():
             ok, image = cap.read()
+            if not self.is_file and time.monotonic() - last_frame > self.stall_timeout_s:
+                # OpenCV's read timeout may still hand out frames the decoder held back: a stall anyway.
+                log.warning("camera stream stalled", extra={"camera": self.camera_id})
+                return False
             if not ok or image is None:
                 if self.is_file and self.loop and self.frames_read:
                     cap.set(cv2.CAP_PROP_POS_FRAMES, 0)
                     continue
                 log.warning("camera stream ended or failed", extra={"camera": self.camera_id})
-                return
+                return self.is_file
             if frame_interval:
                 # A file plays at its own frame rate, as a live camera would deliver it.
                 next_due += frame_interval
@@ -167,3 +188,5 @@ class FrameSource:
                 self._latest = Frame(image, self.frames_read, time.time(), now_mono)
                 self._recent.append(now_mono)
                 self._cond.notify_all()
+            last_frame = now_mono
+        return False
