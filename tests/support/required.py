@@ -1,6 +1,6 @@
 """Skip-or-fail for tests that need a system package.
 
-On a developer's machine a missing mosquitto/ffmpeg/chromium skips the test with the reason; in CI
+On a developer's machine a missing mosquitto, GStreamer RTSP server or chromium skips the test with the reason; in CI
 (`POLEWATCH_REQUIRE_ALL=1`, set by .ci/run) it fails, so a broken install step can never turn the
 suite green by skipping.
 """
