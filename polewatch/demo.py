@@ -17,6 +17,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -42,12 +43,12 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _wait_until(check: object, what: str, timeout: float, children: list[Child]) -> None:
+def _wait_until(check: Callable[[], bool], what: str, timeout: float, children: list[Child]) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for child in children:
             child.check_alive()
-        if callable(check) and check():
+        if check():
             return
         time.sleep(0.2)
     raise DemoError(f"{what} did not happen within {timeout:.0f} s; see the logs in the state dir")

@@ -43,7 +43,7 @@ def reader_alive(source: FrameSource) -> bool:
 
 def write_clip(path: Path, fps: float, frames: int, size: tuple[int, int] = SHORT_SIZE) -> Path:
     """A clip whose frame i is a flat grey of brightness 10 * i (mod 250): a frame tells where in the file it is."""
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, size)
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"MJPG"), fps, size)
     if not writer.isOpened():
         pytest.fail("OpenCV cannot write an MJPG AVI here")
     for i in range(frames):

@@ -70,7 +70,7 @@ async def test_outbox_is_drained_in_order_and_emptied(broker: BrokerProcess, tmp
     async with running(uplink):
         got = await receiver
         assert await _wait_for(lambda: outbox.pending_count() == 0, 10)
-    ids = [decode(m.payload).id for m in got if not m.retain]  # type: ignore[arg-type]
+    ids = [decode(m.payload).id for m in got if not m.retain]
     queued = [m.id for m in added]
     assert [i for i in ids if i in set(queued)] == queued, "every queued message arrives, oldest first"
 
@@ -90,7 +90,7 @@ async def test_messages_wait_on_disk_while_the_broker_is_down(broker: BrokerProc
         receiver = asyncio.create_task(_collect(broker, topics.up("pole-a", "presence"), 12, timeout=30))
         assert await _wait_for(lambda: outbox.pending_count() == 0, 30), "reconnected and drained"
         got = await receiver
-    received = {decode(m.payload).id for m in got}  # type: ignore[arg-type]
+    received = {decode(m.payload).id for m in got}
     assert uplink.reconnects >= 1
     assert {m.id for m in during} <= received or outbox.pending_count() == 0
 
@@ -103,7 +103,7 @@ async def test_online_presence_is_retained(broker: BrokerProcess, tmp_path: Path
         await asyncio.sleep(0.3)
         got = await _collect(broker, topics.up("pole-a", "presence"), 1, timeout=5)
     assert got and got[0].retain
-    message = decode(got[0].payload)  # type: ignore[arg-type]
+    message = decode(got[0].payload)
     assert isinstance(message, PresenceMessage)
     assert message.body.state == "online" and message.body.agent_version == "9.9"
 

@@ -108,8 +108,8 @@ def _valid_raw() -> dict[str, object]:
         (lambda r: {**r, "id": "not-a-uuid"}, "id"),
         (lambda r: {**r, "seq": -1}, "seq"),
         (lambda r: {**r, "sent_at": "2026-11-23T02:14:00"}, "sent_at"),
-        (lambda r: {**r, "body": {**r["body"], "score": 7}}, "score"),  # type: ignore[dict-item]
-        (lambda r: {**r, "body": {**r["body"], "box": {"x1": 0.5, "y1": 0, "x2": 0.1, "y2": 1}}}, "out of order"),  # type: ignore[dict-item]
+        (lambda r: {**r, "body": {**r["body"], "score": 7}}, "score"),
+        (lambda r: {**r, "body": {**r["body"], "box": {"x1": 0.5, "y1": 0, "x2": 0.1, "y2": 1}}}, "out of order"),
     ],
 )
 def test_malformed_messages_raise_message_error_with_the_reason(mutate: object, reason: str) -> None:
