@@ -51,8 +51,8 @@ def test_demo_runs_the_whole_stack_and_stops_cleanly(tmp_path: Path) -> None:
         assert demo.stdout is not None
         line = demo.stdout.readline()  # blocks until the demo says it is ready (or dies)
         ready_s = time.monotonic() - started
-        died = demo.poll() is not None and demo.stderr is not None
-        assert line.strip() == f"console: http://127.0.0.1:{port}/", (line, demo.stderr.read() if died else "")
+        why = demo.stderr.read() if demo.poll() is not None and demo.stderr is not None else ""
+        assert line.strip() == f"console: http://127.0.0.1:{port}/", (line, why)
         base = f"http://127.0.0.1:{port}"
 
         devices = http_json(f"{base}/api/devices")
