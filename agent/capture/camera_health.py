@@ -257,7 +257,7 @@ class CameraHealthChecker:
                              f"({estimate.inliers} consistent matches < {s.min_matches})")
         bad = estimate.shift >= limit if active else estimate.shift > limit
         moved = (f"view moved {estimate.shift:.1%} of the width (centre {estimate.dx:+.1%}, {estimate.dy:+.1%}; "
-                 f"rotation {estimate.rotation_deg:+.1f}°)")
+                 f"rotated {estimate.rotation_deg:+.1f}° clockwise)")
         if bad:
             return _Evidence(True, estimate.shift, limit, detail=f"camera out of aim: {moved}")
         return _Evidence(False, estimate.shift, limit, detail=f"camera back on its reference view: {moved}")

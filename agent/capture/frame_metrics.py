@@ -93,7 +93,7 @@ class ShiftEstimate:
     """
 
     shift: float | None
-    rotation_deg: float
+    rotation_deg: float  # + clockwise as seen on the screen
     dx: float  # movement of the frame centre, fraction of the width (+ right)
     dy: float  # movement of the frame centre, fraction of the width (+ down)
     inliers: int  # matched features consistent with the transform

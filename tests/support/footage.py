@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -154,15 +154,34 @@ class Timeline:
         return changes
 
 
-def write_video(path: Path, frames: list[Image], fps: float = FOOTAGE_FPS, fourcc: str = "mp4v") -> Path:
-    """A video file of these frames (MPEG-4 part 2: lossy, like a camera's stream; every build writes it)."""
-    height, width = frames[0].shape[:2]
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*fourcc), fps, (width, height))
-    if not writer.isOpened():
-        raise RuntimeError(f"OpenCV cannot write {fourcc} to {path}")
+def iter_frames(path: Path) -> Iterator[Image]:
+    """The frames of a video file one by one (a whole clip in memory would be 600 MB)."""
+    cap = cv2.VideoCapture(str(path))
+    if not cap.isOpened():
+        raise FileNotFoundError(f"cannot open {path}")
+    try:
+        while True:
+            ok, image = cap.read()
+            if not ok:
+                return
+            yield image
+    finally:
+        cap.release()
+
+
+def write_video(path: Path, frames: Iterable[Image], fps: float = FOOTAGE_FPS, fourcc: str = "mp4v") -> Path:
+    """A video file of these frames. MPEG-4 part 2 by default: lossy, with key frames, like a
+    camera's stream (a frozen picture is re-encoded, not copied), and every OpenCV build writes it."""
+    writer: cv2.VideoWriter | None = None
     try:
         for frame in frames:
+            if writer is None:
+                height, width = frame.shape[:2]
+                writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*fourcc), fps, (width, height))
+                if not writer.isOpened():
+                    raise RuntimeError(f"OpenCV cannot write {fourcc} to {path}")
             writer.write(frame)
     finally:
-        writer.release()
+        if writer is not None:
+            writer.release()
     return path
