@@ -201,7 +201,11 @@ class Agent:
             changes = checker.report_fps(source.fps(), time.monotonic())
             if frame is not None:
                 last_index = frame.index
-                changes += await asyncio.to_thread(checker.observe, frame.image, frame.mono_time)
+                try:
+                    changes += await asyncio.to_thread(checker.observe, frame.image, frame.mono_time)
+                except Exception:
+                    # A picture the analysis cannot handle must cost a log line, never the detection.
+                    log.exception("camera health analysis failed on a frame", extra={"camera": source.camera_id})
             if changes:
                 await self._emit_camera_health(changes)
             next_due = max(next_due + interval, time.monotonic() - interval)

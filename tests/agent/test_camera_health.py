@@ -19,7 +19,8 @@ import pytest
 
 from polewatch.agent.capture.camera_health import CameraHealthChange, CameraHealthChecker, Debounce
 from polewatch.agent.capture.source import frame_rate
-from polewatch.agent.config import CameraHealthConfig
+from polewatch.agent.config import CameraConfig, CameraHealthConfig
+from polewatch.agent.runtime import camera_health_body, load_reference
 from polewatch.provisioning.camera_probe import probe_camera
 from support.footage import (
     FOOTAGE_FPS,
@@ -280,3 +281,32 @@ def test_smaller_and_grey_frames_are_analysed_too(clip: list[Image]) -> None:
     health = checker(clip[0])
     changes = Timeline(small, SECONDS, damage=knocked(dx=0.12, dy=0.0, degrees=0.0), span=SPAN).run(health.observe)
     assert_one_episode(changes, "shifted", health.config)
+
+
+# --- into the agent ----------------------------------------------------------------------------------
+
+
+def test_changes_become_wire_bodies_with_utc_times_and_an_end_names_its_start(clip: list[Image]) -> None:
+    health = checker(clip[0])
+    started = time.monotonic()
+    changes = Timeline(clip, SECONDS, damage=black, span=SPAN).run(
+        lambda image, now: health.observe(image, started - SECONDS + now)
+    )
+    start, end = (camera_health_body(c) for c in changes)
+    assert (start.condition, start.phase, start.variant, start.until) == ("covered", "start", "black", None)
+    assert start.since.tzinfo is not None
+    wall_now = time.time()
+    assert start.since.timestamp() == pytest.approx(wall_now - SECONDS + SPAN[0], abs=1.0)
+    assert end.until is not None and end.until.timestamp() == pytest.approx(wall_now - SECONDS + SPAN[1], abs=1.0)
+    assert camera_health_body(changes[1], since=start.since).since == start.since
+
+
+def test_a_missing_reference_is_logged_and_the_first_clear_frame_is_used(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    camera = CameraConfig(id="cam1", url="x.mp4", reference=tmp_path / "not-there.png")
+    assert load_reference(camera) is None
+    assert any(r.getMessage().startswith("camera reference view cannot be read") for r in caplog.records)
+    (tmp_path / "garbage.png").write_bytes(b"not an image")
+    assert load_reference(camera.model_copy(update={"reference": tmp_path / "garbage.png"})) is None
+    assert load_reference(CameraConfig(id="cam1", url="x.mp4")) is None
