@@ -14,7 +14,7 @@ from rich.table import Table
 from polewatch.logs import setup_logging
 
 from .capture.urls import redact_url
-from .config import AgentConfig, ConfigError, load_config
+from .config import AgentConfig, CameraConfig, ConfigError, load_config
 
 app = typer.Typer(help="Run the pole agent and check its configuration.", no_args_is_help=True)
 err = Console(stderr=True)
@@ -60,8 +60,20 @@ def check_config(config: Annotated[Path, typer.Argument(help="The agent's YAML c
     table.add_row("state dir", str(cfg.state_dir))
     for cam in cfg.cameras:
         table.add_row(f"camera {cam.id}", redact_url(cam.url))
+        table.add_row(f"  {cam.id} health", _health_plan(cam))
     table.add_row("detect", f"{cfg.detect.fps:g} fps, labels: {', '.join(cfg.detect.labels)}")
     Console().print(table)
+
+
+def _health_plan(cam: CameraConfig) -> str:
+    """Which camera-health checks run, and against which reference view."""
+    health = cam.health
+    if not health.enabled:
+        return "off"
+    checks = [name for name in ("covered", "frozen", "blurred", "shifted", "low_fps") if getattr(health, name).enabled]
+    reference = str(cam.reference) if cam.reference is not None else "the first clear frame"
+    missing = " (MISSING)" if cam.reference is not None and not cam.reference.is_file() else ""
+    return f"{', '.join(checks) or 'none'}; {health.sample_fps:g} frames/s; reference: {reference}{missing}"
 
 
 @app.command()

@@ -1,8 +1,9 @@
-"""The agent's main loop: cameras in, detections and health out through the outbox.
+"""The agent's main loop: cameras in, detections, camera health and health out through the outbox.
 
-Each camera has its own reader thread and its own detect loop, so one broken camera never stalls
-another; the detector and the outbox run in worker threads, so the event loop (and with it the MQTT
-keepalive) never waits on a model or a disk.
+Each camera has its own reader thread, its own detect loop and its own camera-health loop, so one
+broken camera never stalls another and a slow detector never delays the news that a lens is
+covered; the detector, the camera-health analysis and the outbox run in worker threads, so the event
+loop (and with it the MQTT keepalive) never waits on a model, a picture or a disk.
 """
 
 from __future__ import annotations
@@ -14,12 +15,17 @@ import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
+from pathlib import Path
+
+import cv2
 
 from polewatch import __version__
-from polewatch.protocol import Box, Detection
+from polewatch.protocol import Box, CameraHealth, Detection
 
+from .capture.camera_health import CameraHealthChange, CameraHealthChecker
+from .capture.frame_metrics import Image
 from .capture.source import Frame, FrameSource
-from .config import AgentConfig
+from .config import AgentConfig, CameraConfig
 from .health import HealthProbe
 from .inference.detector import Detector, load_detector
 from .inference.tracker import IouTracker, Track, TrackUpdate
@@ -37,6 +43,47 @@ def _box(track: Track, width: int, height: int) -> Box:
         x2=min(max(x2 / width, 0.0), 1.0),
         y2=min(max(y2 / height, 0.0), 1.0),
     )
+
+
+def _wall(mono: float) -> datetime:
+    """A time.monotonic() reading as a UTC datetime (the box's clock may be wrong; it is what we have)."""
+    return datetime.fromtimestamp(time.time() - (time.monotonic() - mono), timezone.utc)
+
+
+def camera_health_body(change: CameraHealthChange, since: datetime | None = None) -> CameraHealth:
+    """The wire form of a checker's change; the checker works in monotonic time, the wire in UTC.
+
+    `since`: the wall time its start was sent with, so that an end names its start exactly (a
+    second conversion would differ by the time between two clock readings, or by an NTP step).
+    """
+    return CameraHealth(
+        camera_id=change.camera_id,
+        condition=change.condition,
+        phase=change.phase,
+        since=since or _wall(change.since),
+        until=None if change.until is None else _wall(change.until),
+        variant=change.variant,
+        value=None if change.value is None else round(change.value, 4),
+        threshold=None if change.threshold is None else round(change.threshold, 4),
+        detail=change.detail[:300],
+    )
+
+
+def load_reference(camera: CameraConfig) -> Image | None:
+    """The camera's reference view, or None (logged) when it is not configured or cannot be read.
+
+    An unreadable reference must not keep the pole from detecting: the checker then takes its first
+    clear frame as the reference, and the log says so.
+    """
+    if camera.reference is None:
+        return None
+    image: Image | None = cv2.imread(str(camera.reference)) if Path(camera.reference).is_file() else None
+    if image is None:
+        log.error(
+            "camera reference view cannot be read; the first clear frame will be the reference",
+            extra={"camera": camera.id, "path": str(camera.reference)},
+        )
+    return image
 
 
 class RateMeter:
@@ -69,16 +116,23 @@ class Agent:
             threads=config.detect.threads,
         )
         self.sources = [FrameSource(cam.id, cam.url, loop=cam.loop) for cam in config.cameras]
+        self.checkers = {
+            cam.id: CameraHealthChecker(cam.id, cam.health, reference=load_reference(cam))
+            for cam in config.cameras
+            if cam.health.enabled
+        }
         self.uplink = Uplink(config.mqtt, self.outbox, device_id=config.device_id, agent_version=__version__)
         self.health = HealthProbe(__version__, config.state_dir)
         self.detect_rate = RateMeter()
+        self._health_since: dict[tuple[str, str], datetime] = {}  # (camera, condition) -> since sent
         self.events_accepted = 0
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run until `stop` is set, then say goodbye to the broker and release the cameras."""
         loop = asyncio.get_running_loop()
-        # Each camera may hold a worker waiting for its next frame and another running the model.
-        loop.set_default_executor(ThreadPoolExecutor(max_workers=2 * len(self.sources) + 4))
+        # Each camera may hold a worker waiting for its next frame and another running the model, and
+        # the same two for its camera-health loop.
+        loop.set_default_executor(ThreadPoolExecutor(max_workers=4 * len(self.sources) + 4))
         for source in self.sources:
             source.start()
         log.info(
@@ -92,6 +146,11 @@ class Agent:
         )
         tasks = [asyncio.create_task(self.uplink.run(), name="uplink")]
         tasks += [asyncio.create_task(self._watch(s), name=f"detect-{s.camera_id}") for s in self.sources]
+        tasks += [
+            asyncio.create_task(self._watch_health(s, self.checkers[s.camera_id]), name=f"camhealth-{s.camera_id}")
+            for s in self.sources
+            if s.camera_id in self.checkers
+        ]
         tasks.append(asyncio.create_task(self._report_health(), name="health"))
         try:
             stopper = asyncio.create_task(stop.wait())
@@ -127,6 +186,45 @@ class Agent:
             await self._emit(source, tracker.update(detections, frame.mono_time), frame)
             next_due = max(next_due + interval, time.monotonic() - interval)
             await asyncio.sleep(max(0.0, next_due - time.monotonic()))
+
+    async def _watch_health(self, source: FrameSource, checker: CameraHealthChecker) -> None:
+        """Sample the camera for its health checks (a few frames a second) and report what changes.
+
+        The picture analysis runs in a worker thread like the detector; the frame rate is judged on
+        every round, also while no frame arrives (a silent camera is the lowest frame rate of all).
+        """
+        interval = 1.0 / checker.config.sample_fps
+        last_index = 0
+        next_due = time.monotonic()
+        while True:
+            frame = await asyncio.to_thread(source.latest, last_index, max(interval, 0.5))
+            changes = checker.report_fps(source.fps(), time.monotonic())
+            if frame is not None:
+                last_index = frame.index
+                try:
+                    changes += await asyncio.to_thread(checker.observe, frame.image, frame.mono_time)
+                except Exception:
+                    # A picture the analysis cannot handle must cost a log line, never the detection.
+                    log.exception("camera health analysis failed on a frame", extra={"camera": source.camera_id})
+            if changes:
+                await self._emit_camera_health(changes)
+            next_due = max(next_due + interval, time.monotonic() - interval)
+            await asyncio.sleep(max(0.0, next_due - time.monotonic()))
+
+    async def _emit_camera_health(self, changes: list[CameraHealthChange]) -> None:
+        for change in changes:
+            key = (change.camera_id, change.condition)
+            since = self._health_since.pop(key, None) if change.phase == "end" else None
+            body = camera_health_body(change, since)
+            if change.phase == "start":
+                self._health_since[key] = body.since
+            message = await asyncio.to_thread(self.outbox.add, body)
+            log.debug(
+                "camera health accepted",
+                extra={"message_id": message.id, "seq": message.seq, "camera": change.camera_id,
+                       "condition": change.condition, "phase": change.phase},
+            )
+        self.uplink.notify()
 
     async def _emit(self, source: FrameSource, update: TrackUpdate, frame: Frame | None) -> None:
         started, ended = update.started, update.ended

@@ -7,7 +7,7 @@ always JSON (`{"detail": "..."}`) and declared in the OpenAPI document.
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, HTTPException, Query
 from fastapi.responses import JSONResponse
@@ -15,7 +15,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
 from . import queries
-from .schemas import DeviceOut, ErrorOut, EventPage, HealthzOut, IngestStatsOut
+from .schemas import CameraHealthPage, DeviceOut, ErrorOut, EventPage, HealthzOut, IngestStatsOut
 from .services import ServicesDep
 
 router = APIRouter(prefix="/api")
@@ -55,6 +55,34 @@ def list_events(
 ) -> EventPage:
     with svc.sessions() as session:
         return queries.list_events(session, device_id=device_id, label=label, limit=limit, before=before)
+
+
+@router.get(
+    "/camera-health",
+    tags=["camera health"],
+    summary="Camera-health starts and ends (covered, frozen, blurred, shifted, low_fps), newest first",
+)
+def list_camera_health(
+    svc: ServicesDep,
+    device_id: Annotated[str | None, Query(description="Only this device's cameras.")] = None,
+    camera_id: Annotated[str | None, Query(description="Only this camera id.")] = None,
+    condition: Annotated[
+        Literal["covered", "frozen", "blurred", "shifted", "low_fps"] | None, Query(description="Only this condition.")
+    ] = None,
+    open_only: Annotated[
+        bool, Query(alias="open", description="Only conditions still open: starts without their end.")
+    ] = False,
+    limit: Annotated[int, Query(ge=1, le=500, description="Page size.")] = 50,
+    before: Annotated[
+        int | None,
+        Query(ge=1, description="Only rows with an id below this: `next_before` of the previous page."),
+    ] = None,
+) -> CameraHealthPage:
+    with svc.sessions() as session:
+        return queries.list_camera_health(
+            session, device_id=device_id, camera_id=camera_id, condition=condition, open_only=open_only, limit=limit,
+            before=before,
+        )
 
 
 @router.get("/ingest/stats", tags=["ingest"], summary="MQTT ingest counters since this process started")

@@ -155,3 +155,34 @@ class PresenceChange(Base):
     agent_version: Mapped[str | None] = mapped_column(String(64))
     sent_at: Mapped[datetime] = mapped_column(UtcDateTime())
     received_at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
+class CameraHealthEvent(Base):
+    """Every camera_health message: the start and the end of each condition of each camera.
+
+    A start and its end share (device_id, camera_id, condition, since); a start without its end is
+    a condition still open ("pole 17 camera covered since 02:14").
+    """
+
+    __tablename__ = "camera_health_events"
+    __table_args__ = (
+        Index("ix_camera_health_events_device_id_id", "device_id", "id"),
+        Index("ix_camera_health_events_episode", "device_id", "camera_id", "condition", "since"),
+        {"sqlite_autoincrement": True},
+    )
+
+    id: Mapped[int] = mapped_column(RowId, primary_key=True, autoincrement=True)
+    message_id: Mapped[str] = mapped_column(String(36), unique=True)
+    device_id: Mapped[str] = mapped_column(String(64), ForeignKey("devices.device_id"))
+    seq: Mapped[int] = mapped_column(BigInteger())
+    camera_id: Mapped[str] = mapped_column(String(64))
+    condition: Mapped[str] = mapped_column(String(16))
+    phase: Mapped[str] = mapped_column(String(8))
+    since: Mapped[datetime] = mapped_column(UtcDateTime())
+    until: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    variant: Mapped[str | None] = mapped_column(String(16))
+    value: Mapped[float | None] = mapped_column(Float())
+    threshold: Mapped[float | None] = mapped_column(Float())
+    detail: Mapped[str | None] = mapped_column(String(300))
+    sent_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    received_at: Mapped[datetime] = mapped_column(UtcDateTime())

@@ -6,11 +6,11 @@ blocks the event loop that carries the MQTT session and the live streams.
 
 from __future__ import annotations
 
-from sqlalchemy import func, select
-from sqlalchemy.orm import Session
+from sqlalchemy import and_, func, select
+from sqlalchemy.orm import Session, aliased
 
-from .models import Device, Event
-from .schemas import DeviceOut, EventOut, EventPage
+from .models import CameraHealthEvent, Device, Event
+from .schemas import CameraHealthOut, CameraHealthPage, DeviceOut, EventOut, EventPage
 
 
 def list_devices(session: Session) -> list[DeviceOut]:
@@ -59,3 +59,65 @@ def latest_events(session: Session, count: int) -> list[EventOut]:
 
 def max_event_id(session: Session) -> int:
     return int(session.scalar(select(func.coalesce(func.max(Event.id), 0))) or 0)
+
+
+def list_camera_health(
+    session: Session,
+    *,
+    device_id: str | None = None,
+    camera_id: str | None = None,
+    condition: str | None = None,
+    open_only: bool = False,
+    limit: int = 50,
+    before: int | None = None,
+) -> CameraHealthPage:
+    """Newest first, keyset-paginated by id like the events.
+
+    `open_only`: the conditions still open, i.e. starts without their end (same device, camera,
+    condition and since) and without a newer start of the same condition, which supersedes them
+    (an agent restarted while the condition held, so its old run never sent the end).
+    """
+    row = CameraHealthEvent
+    query = select(row).order_by(row.id.desc()).limit(limit + 1)
+    if device_id is not None:
+        query = query.where(row.device_id == device_id)
+    if camera_id is not None:
+        query = query.where(row.camera_id == camera_id)
+    if condition is not None:
+        query = query.where(row.condition == condition)
+    if before is not None:
+        query = query.where(row.id < before)
+    if open_only:
+        end = aliased(CameraHealthEvent)
+        ended = (
+            select(end.id)
+            .where(
+                and_(
+                    end.phase == "end",
+                    end.device_id == row.device_id,
+                    end.camera_id == row.camera_id,
+                    end.condition == row.condition,
+                    end.since == row.since,
+                )
+            )
+            .exists()
+        )
+        newer = aliased(CameraHealthEvent)
+        superseded = (
+            select(newer.id)
+            .where(
+                and_(
+                    newer.phase == "start",
+                    newer.device_id == row.device_id,
+                    newer.camera_id == row.camera_id,
+                    newer.condition == row.condition,
+                    newer.since > row.since,
+                )
+            )
+            .exists()
+        )
+        query = query.where(row.phase == "start", ~ended, ~superseded)
+    rows = list(session.scalars(query))
+    more = len(rows) > limit
+    items = [CameraHealthOut.of(r) for r in rows[:limit]]
+    return CameraHealthPage(items=items, next_before=items[-1].id if more and items else None)

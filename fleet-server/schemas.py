@@ -14,7 +14,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 from polewatch.protocol import Box, Health
 
-from .models import Device, Event
+from .models import CameraHealthEvent, Device, Event
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +99,53 @@ class EventOut(BaseModel):
 
 class EventPage(BaseModel):
     items: list[EventOut] = Field(description="Newest first.")
+    next_before: int | None = Field(
+        description="Pass as `before` to get the next (older) page; null when this is the last page."
+    )
+
+
+class CameraHealthOut(BaseModel):
+    """One stored camera_health message: a condition of one camera started or ended."""
+
+    id: int = Field(description="Server row id: increases with arrival; the pagination cursor.")
+    message_id: str
+    device_id: str
+    seq: int
+    camera_id: str
+    condition: str = Field(description="covered, frozen, blurred, shifted or low_fps")
+    phase: str = Field(description="start or end")
+    since: datetime = Field(description="When the condition began; an end repeats its start's.")
+    until: datetime | None = Field(description="End only: when the picture was good again.")
+    variant: str | None = Field(description="Covered only: black, white or uniform.")
+    value: float | None
+    threshold: float | None
+    detail: str | None
+    sent_at: datetime
+    received_at: datetime
+
+    @classmethod
+    def of(cls, row: CameraHealthEvent) -> CameraHealthOut:
+        return cls(
+            id=row.id,
+            message_id=row.message_id,
+            device_id=row.device_id,
+            seq=row.seq,
+            camera_id=row.camera_id,
+            condition=row.condition,
+            phase=row.phase,
+            since=row.since,
+            until=row.until,
+            variant=row.variant,
+            value=row.value,
+            threshold=row.threshold,
+            detail=row.detail,
+            sent_at=row.sent_at,
+            received_at=row.received_at,
+        )
+
+
+class CameraHealthPage(BaseModel):
+    items: list[CameraHealthOut] = Field(description="Newest first.")
     next_before: int | None = Field(
         description="Pass as `before` to get the next (older) page; null when this is the last page."
     )

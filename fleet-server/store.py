@@ -24,9 +24,9 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from polewatch.protocol import AnyMessage, DetectionMessage, HealthMessage, PresenceMessage
+from polewatch.protocol import AnyMessage, CameraHealthMessage, DetectionMessage, HealthMessage, PresenceMessage
 
-from .models import Device, Event, HealthSample, PresenceChange
+from .models import CameraHealthEvent, Device, Event, HealthSample, PresenceChange
 from .schemas import DeviceOut, EventOut
 
 log = logging.getLogger(__name__)
@@ -101,6 +101,8 @@ class Store:
             return self._detection(session, message, item.received_at)
         if isinstance(message, HealthMessage):
             return self._health(session, message, item.received_at)
+        if isinstance(message, CameraHealthMessage):
+            return self._camera_health(session, message, item.received_at)
         return self._presence(session, message, item.received_at)
 
     def _device(self, session: Session, device_id: str, received_at: datetime) -> tuple[Device, bool]:
@@ -149,6 +151,33 @@ class Store:
             return Outcome(duplicate=True)
         event = EventOut.of(Event(id=row_id, **values))  # a transient copy: no second SELECT
         return Outcome(event=event, device=DeviceOut.of(device) if created else None)
+
+    def _camera_health(self, session: Session, msg: CameraHealthMessage, received_at: datetime) -> Outcome:
+        device, created = self._device(session, msg.device_id, received_at)
+        body = msg.body
+        row_id = _insert_ignore(
+            session,
+            CameraHealthEvent.__table__,  # type: ignore[arg-type]
+            {
+                "message_id": msg.id,
+                "device_id": msg.device_id,
+                "seq": msg.seq,
+                "camera_id": body.camera_id,
+                "condition": body.condition,
+                "phase": body.phase,
+                "since": body.since,
+                "until": body.until,
+                "variant": body.variant,
+                "value": body.value,
+                "threshold": body.threshold,
+                "detail": _clip(body.detail, 300),
+                "sent_at": msg.sent_at,
+                "received_at": received_at,
+            },
+        )
+        if row_id is None:
+            return Outcome(duplicate=True)
+        return Outcome(device=DeviceOut.of(device) if created else None)
 
     def _health(self, session: Session, msg: HealthMessage, received_at: datetime) -> Outcome:
         device, _ = self._device(session, msg.device_id, received_at)

@@ -113,6 +113,44 @@ class Detection(Body):
     frame_height: int = Field(gt=0)
 
 
+class CameraHealth(Body):
+    """A camera-health condition began or ended on one camera: one start and one end per episode.
+
+    The agent sends `start` once the condition has held for its debounce time and `end` once the
+    picture has been good again for a while; an end repeats its start's `since`, so the pair is
+    (device, camera_id, condition, since). "Pole 17 camera covered since 02:14" is one start.
+    """
+
+    camera_id: str = Field(min_length=1, max_length=64)
+    condition: Literal["covered", "frozen", "blurred", "shifted", "low_fps"] = Field(
+        description="covered: black, white or one-colour picture (lens covered, sprayed, blinded, IR "
+        "broken at night); frozen: frames arrive but the picture does not change; blurred: defocus or "
+        "heavy blur; shifted: the view moved against the reference view (camera knocked out of aim); "
+        "low_fps: sustained low frame rate."
+    )
+    phase: Literal["start", "end"]
+    since: AwareDatetime = Field(description="When the condition began (its first bad sample).")
+    until: AwareDatetime | None = Field(
+        default=None, description="End only: when the picture was first seen good again."
+    )
+    variant: Literal["black", "white", "uniform"] | None = Field(
+        default=None, description="Covered only: what the picture looks like."
+    )
+    value: float | None = Field(
+        default=None,
+        description="The measurement that decided: mean grey or std (covered), mean difference between "
+        "samples (frozen), sharpness / baseline (blurred), corner movement / frame width (shifted), fps.",
+    )
+    threshold: float | None = Field(default=None, description="The threshold `value` was compared with.")
+    detail: str | None = Field(default=None, max_length=300, description="A human-readable explanation.")
+
+    @model_validator(mode="after")
+    def _times_ordered(self) -> CameraHealth:
+        if self.until is not None and self.until < self.since:
+            raise ValueError("until is before since")
+        return self
+
+
 class _Envelope(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
 
@@ -142,16 +180,24 @@ class DetectionMessage(_Envelope):
     body: Detection
 
 
-Message = Annotated[PresenceMessage | HealthMessage | DetectionMessage, Field(discriminator="kind")]
-AnyMessage = PresenceMessage | HealthMessage | DetectionMessage
+class CameraHealthMessage(_Envelope):
+    kind: Literal["camera_health"] = "camera_health"
+    body: CameraHealth
+
+
+Message = Annotated[
+    PresenceMessage | HealthMessage | DetectionMessage | CameraHealthMessage, Field(discriminator="kind")
+]
+AnyMessage = PresenceMessage | HealthMessage | DetectionMessage | CameraHealthMessage
 
 _MESSAGE_ADAPTER: TypeAdapter[AnyMessage] = TypeAdapter(Message)
 _BY_BODY: dict[type[Body], type[AnyMessage]] = {
     Presence: PresenceMessage,
     Health: HealthMessage,
     Detection: DetectionMessage,
+    CameraHealth: CameraHealthMessage,
 }
-KINDS: tuple[str, ...] = ("presence", "health", "detection")
+KINDS: tuple[str, ...] = ("presence", "health", "detection", "camera_health")
 
 
 def build(body: Body, *, device_id: str, seq: int) -> AnyMessage:

@@ -14,6 +14,7 @@ import random
 import threading
 import time
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +24,18 @@ import numpy as np
 from .urls import redact_url
 
 log = logging.getLogger("polewatch.agent.capture")
+
+
+def frame_rate(times: Iterable[float], now: float, window_s: float = 5.0) -> float:
+    """Frames per second from the delivery times (monotonic) of the last `window_s` seconds.
+
+    0 when fewer than two frames arrived in the window: a silent camera has no frame rate.
+    """
+    recent = [t for t in times if now - t <= window_s]
+    if len(recent) < 2:
+        return 0.0
+    span = max(now - recent[0], 1e-6)
+    return (len(recent) - 1) / span
 
 
 @dataclass(frozen=True)
@@ -80,11 +93,8 @@ class FrameSource:
         """Frames per second delivered over the last few seconds (0 when the camera is silent)."""
         now = time.monotonic()
         with self._cond:
-            recent = [t for t in self._recent if now - t <= 5.0]
-        if len(recent) < 2:
-            return 0.0
-        span = max(now - recent[0], 1e-6)
-        return (len(recent) - 1) / span
+            recent = list(self._recent)
+        return frame_rate(recent, now)
 
     def latest(self, newer_than: int = 0, timeout: float | None = None) -> Frame | None:
         """The newest frame with an index above `newer_than`, waiting up to `timeout` for one."""

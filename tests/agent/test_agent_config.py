@@ -45,6 +45,22 @@ def test_valid_config_resolves_relative_paths_from_its_folder(tmp_path: Path) ->
         (lambda c: c.update(detect={"fps": 0}), "detect.fps", "greater than 0"),
         (lambda c: c.update(detcet={"fps": 5}), "detcet", "Extra inputs are not permitted"),
         (lambda c: c["cameras"].append({"id": "cam1", "url": "x.mp4"}), "cameras", "repeated: cam1"),
+        (lambda c: c["cameras"][0].update(health={"coverd": {}}), "cameras.0.health.coverd", "Extra inputs"),
+        (
+            lambda c: c["cameras"][0].update(health={"blurred": {"start_ratio": 0.6, "end_ratio": 0.4}}),
+            "cameras.0.health.blurred",
+            "hysteresis",
+        ),
+        (
+            lambda c: c["cameras"][0].update(health={"shifted": {"start_fraction": 0.02}}),
+            "cameras.0.health.shifted",
+            "hysteresis",
+        ),
+        (
+            lambda c: c["cameras"][0].update(health={"frozen": {"start_after_s": -1}}),
+            "cameras.0.health.frozen.start_after_s",
+            "greater than or equal to 0",
+        ),
     ],
 )
 def test_invalid_config_names_field_and_problem(tmp_path: Path, change: object, field: str, problem: str) -> None:
@@ -81,3 +97,18 @@ def test_check_config_shows_the_plan(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert "pole-17" in result.output and "broker.example:8883" in result.output
     assert "user:pw@" not in result.output and "user:***@" in result.output, "camera passwords are never shown"
+
+
+def test_camera_health_has_defaults_per_camera_and_a_reference_beside_the_config(tmp_path: Path) -> None:
+    data = yaml.safe_load(yaml.safe_dump(GOOD))
+    data["cameras"][0]["reference"] = "reference/cam1.png"
+    data["cameras"][1]["health"] = {"shifted": {"enabled": False}, "covered": {"start_after_s": 30}}
+    cfg = load_config(_write(tmp_path, data))
+    first, second = cfg.cameras
+    assert first.reference == tmp_path / "reference" / "cam1.png"
+    assert second.reference is None
+    assert first.health.enabled and first.health.sample_fps == 2.0
+    assert (first.health.covered.start_after_s, first.health.covered.end_after_s) == (10.0, 5.0)
+    assert first.health.shifted.enabled and first.health.low_fps.expected_fps is None
+    assert not second.health.shifted.enabled
+    assert second.health.covered.start_after_s == 30.0 and second.health.covered.dark_mean_max == 20.0

@@ -11,6 +11,8 @@ import pytest
 from polewatch import protocol
 from polewatch.protocol import (
     Box,
+    CameraHealth,
+    CameraHealthMessage,
     Detection,
     Health,
     MessageError,
@@ -132,6 +134,58 @@ def test_health_body_validates_ranges() -> None:
     with pytest.raises(ValueError, match="memory_percent"):
         Health(agent_version="0", uptime_s=1, cpu_percent=1, memory_percent=140, memory_rss_bytes=1,
                disk_percent=1, disk_free_bytes=1)
+
+
+def _camera_health(**overrides: object) -> CameraHealth:
+    fields: dict[str, object] = {
+        "camera_id": "cam1",
+        "condition": "covered",
+        "phase": "end",
+        "since": datetime(2026, 11, 23, 2, 14, tzinfo=timezone.utc),
+        "until": datetime(2026, 11, 23, 6, 40, tzinfo=timezone.utc),
+        "variant": "black",
+        "value": 112.5,
+        "threshold": 20.0,
+        "detail": "picture back: mean grey 112.5",
+    }
+    fields.update(overrides)
+    return CameraHealth.model_validate(fields)
+
+
+def test_camera_health_round_trips_on_its_own_topic() -> None:
+    message = build(_camera_health(), device_id="pole-17", seq=7)
+    assert isinstance(message, CameraHealthMessage) and message.kind == "camera_health"
+    assert message.kind in protocol.KINDS
+    back = decode(encode(message), topics.parse(topics.up("pole-17", "camera_health")))
+    assert back == message
+    assert isinstance(back.body, CameraHealth) and back.body.since.hour == 2 and back.body.variant == "black"
+    # A start has no `until`, and the optional fields may be left out.
+    minimal = build(
+        CameraHealth(camera_id="cam1", condition="low_fps", phase="start", since=datetime.now(timezone.utc)),
+        device_id="pole-17",
+        seq=8,
+    )
+    assert decode(encode(minimal)) == minimal
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        ({"condition": "on_fire"}, "condition"),
+        ({"phase": "update"}, "phase"),
+        ({"variant": "purple"}, "variant"),
+        ({"since": "2026-11-23T02:14:00"}, "since"),
+        ({"until": "2026-11-23T01:00:00Z"}, "until is before since"),
+        ({"camera_id": ""}, "camera_id"),
+        ({"detail": "x" * 301}, "detail"),
+    ],
+)
+def test_invalid_camera_health_is_rejected_with_the_reason(change: dict[str, object], reason: str) -> None:
+    raw = json.loads(encode(build(_camera_health(), device_id="pole-1", seq=1)))
+    raw["body"].update(change)
+    with pytest.raises(MessageError, match=reason) as info:
+        decode(json.dumps(raw))
+    assert info.value.reason == "invalid_camera_health"
 
 
 def test_checked_in_json_schema_is_current() -> None:

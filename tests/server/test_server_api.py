@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import httpx
@@ -13,7 +13,7 @@ import pytest
 from polewatch.fleet_server import create_app
 from polewatch.fleet_server.store import Received
 from polewatch.protocol import AnyMessage
-from support.server import detection, health, presence, settings_for
+from support.server import camera_health, detection, health, presence, settings_for
 
 
 @contextlib.asynccontextmanager
@@ -128,6 +128,7 @@ async def test_stats_health_console_and_openapi(client: httpx.AsyncClient) -> No
         "/api/devices",
         "/api/devices/{device_id}",
         "/api/events",
+        "/api/camera-health",
         "/api/ingest/stats",
         "/api/stream",
         "/healthz",
@@ -138,3 +139,52 @@ async def test_stats_health_console_and_openapi(client: httpx.AsyncClient) -> No
     assert events_params == {"device_id", "label", "limit", "before"}
     assert "text/event-stream" in spec["paths"]["/api/stream"]["get"]["responses"]["200"]["content"]
     assert spec["components"]["schemas"]["EventPage"]["properties"]["next_before"]
+
+
+async def test_camera_health_lists_starts_and_ends_and_what_is_still_open(tmp_path: Path) -> None:
+    t0 = datetime(2026, 11, 23, 2, 14, tzinfo=timezone.utc)
+    covered_start = camera_health("pole-a", condition="covered", since=t0)
+    messages: list[AnyMessage] = [
+        covered_start,
+        camera_health("pole-a", condition="covered", phase="end", since=t0, until=t0 + timedelta(hours=1)),
+        camera_health("pole-a", camera="cam2", condition="shifted", since=t0 + timedelta(minutes=5)),
+        # pole-b restarted while frozen: its old start never got an end; the newer start supersedes it.
+        camera_health("pole-b", condition="frozen", since=t0),
+        camera_health("pole-b", condition="frozen", since=t0 + timedelta(minutes=30)),
+        camera_health("pole-b", condition="low_fps", since=t0 + timedelta(minutes=40)),
+    ]
+    async with api(tmp_path, messages) as client:
+        everything = (await client.get("/api/camera-health")).json()
+        assert len(everything["items"]) == 6 and everything["next_before"] is None
+        ids = [row["id"] for row in everything["items"]]
+        assert ids == sorted(ids, reverse=True)
+        oldest = everything["items"][-1]
+        assert oldest["message_id"] == covered_start.id
+        assert (oldest["camera_id"], oldest["condition"], oldest["phase"], oldest["variant"]) == (
+            "cam1", "covered", "start", "black",
+        )
+        assert oldest["since"].startswith("2026-11-23T02:14:00") and oldest["until"] is None
+        assert (oldest["value"], oldest["threshold"], oldest["detail"]) == (5.5, 20.0, "covered start")
+
+        still_open = (await client.get("/api/camera-health", params={"open": "true"})).json()["items"]
+        assert sorted((r["device_id"], r["camera_id"], r["condition"]) for r in still_open) == [
+            ("pole-a", "cam2", "shifted"),
+            ("pole-b", "cam1", "frozen"),
+            ("pole-b", "cam1", "low_fps"),
+        ]
+        frozen = next(r for r in still_open if r["condition"] == "frozen")
+        assert frozen["since"].startswith("2026-11-23T02:44:00")
+
+        pole_b_frozen = (
+            await client.get("/api/camera-health", params={"device_id": "pole-b", "condition": "frozen"})
+        ).json()["items"]
+        assert len(pole_b_frozen) == 2
+        page = (await client.get("/api/camera-health", params={"limit": 4})).json()
+        assert len(page["items"]) == 4 and page["next_before"] == page["items"][-1]["id"]
+        rest = (await client.get("/api/camera-health", params={"before": page["next_before"]})).json()
+        assert [r["id"] for r in page["items"] + rest["items"]] == ids
+        bad = await client.get("/api/camera-health", params={"condition": "on_fire"})
+        assert bad.status_code == 422
+
+        devices = {d["device_id"] for d in (await client.get("/api/devices")).json()}
+        assert devices == {"pole-a", "pole-b"}, "camera-health messages register their device"

@@ -12,10 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from polewatch.fleet_server.models import Device, Event, HealthSample, PresenceChange
+from polewatch.fleet_server.models import CameraHealthEvent, Device, Event, HealthSample, PresenceChange
 from polewatch.protocol import encode
 from support.brokers import BrokerProcess
 from support.server import (
+    camera_health,
     count,
     detection,
     health,
@@ -62,6 +63,25 @@ async def test_messages_are_stored_once_and_presence_follows_the_last_will(
         assert stats.accepted == 5 and stats.duplicates == 1 and stats.rejected == 0
         assert stats.accepted_by_kind == {"presence": 2, "health": 1, "detection": 2}
         assert count(run.sessions, PresenceChange, device_id="pole-a") == 2
+
+
+async def test_camera_health_messages_are_stored_once(broker: BrokerProcess, tmp_path: Path) -> None:
+    async with running_ingest(settings_for(broker, tmp_path / "fleet.db")) as run:
+        start = camera_health(condition="covered", phase="start")
+        async with pole(broker) as pa:
+            await pa.send(start)
+            await pa.send(start)  # a redelivery
+            await pa.send(camera_health(condition="blurred", phase="start"))
+            await wait_for(lambda: count(run.sessions, CameraHealthEvent) == 2, what="two camera-health rows")
+            await wait_for(lambda: run.ingest.stats.duplicates == 1, what="the duplicate to be counted")
+        stats = run.ingest.stats.snapshot()
+        assert stats.accepted_by_kind == {"camera_health": 2} and stats.rejected == 0
+        with run.sessions() as s:
+            row = s.query(CameraHealthEvent).filter_by(message_id=start.id).one()
+            assert (row.device_id, row.camera_id, row.condition, row.phase, row.variant) == (
+                "pole-a", "cam1", "covered", "start", "black",
+            )
+            assert row.since.tzinfo is not None and row.until is None
 
 
 def _online(sessions: object) -> bool | None:

@@ -28,6 +28,7 @@ from polewatch.fleet_server.store import Store
 from polewatch.protocol import (
     AnyMessage,
     Box,
+    CameraHealth,
     CameraStatus,
     Detection,
     Health,
@@ -101,6 +102,32 @@ def health(device: str = "pole-a", *, cpu: float = 37.5, memory: float = 41.0, f
         disk_free_bytes=10_000_000_000,
         cameras=[CameraStatus(camera_id="cam1", connected=True, fps=fps)],
         detect_fps=5.0,
+    )
+    return build(body, device_id=device, seq=_next_seq(device))
+
+
+def camera_health(
+    device: str = "pole-a",
+    *,
+    camera: str = "cam1",
+    condition: str = "covered",
+    phase: str = "start",
+    since: datetime | None = None,
+    until: datetime | None = None,
+    variant: str | None = "black",
+) -> AnyMessage:
+    body = CameraHealth.model_validate(
+        {
+            "camera_id": camera,
+            "condition": condition,
+            "phase": phase,
+            "since": since or datetime.now(timezone.utc),
+            "until": until,
+            "variant": variant if condition == "covered" else None,
+            "value": 5.5,
+            "threshold": 20.0,
+            "detail": f"{condition} {phase}",
+        }
     )
     return build(body, device_id=device, seq=_next_seq(device))
 
