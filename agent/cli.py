@@ -60,6 +60,8 @@ def check_config(config: Annotated[Path, typer.Argument(help="The agent's YAML c
     table.add_row("state dir", str(cfg.state_dir))
     for cam in cfg.cameras:
         table.add_row(f"camera {cam.id}", redact_url(cam.url))
+        if cam.rules:
+            table.add_row("  rules", ", ".join(f"{rule.type} {rule.id}" for rule in cam.rules))
     table.add_row("detect", f"{cfg.detect.fps:g} fps, labels: {', '.join(cfg.detect.labels)}")
     Console().print(table)
 
