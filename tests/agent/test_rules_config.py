@@ -147,3 +147,14 @@ def test_left_behind_defaults_need_their_labels_detected(tmp_path: Path) -> None
     data["detect"] = {"labels": ["person"]}
     with pytest.raises(ConfigError, match=r"cameras\.0\.rules\.0\.labels: any leaves nothing to watch"):
         _load(tmp_path, data)
+
+
+def test_the_readme_example_is_a_valid_config(tmp_path: Path) -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme.split("### Camera rules", 1)[1]
+    example = section.split("```yaml\n", 1)[1].split("```", 1)[0]
+    data = yaml.safe_load(RULES_YAML)
+    data.update(yaml.safe_load(example))
+    del data["detect"]
+    cameras = _load(tmp_path, data).cameras
+    assert [rule.type for rule in cameras[0].rules] == ["line", "zone", "loiter", "left_behind"]
