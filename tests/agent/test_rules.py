@@ -242,9 +242,9 @@ def test_loitering_starts_once_after_the_dwell_time_and_ends_when_the_track_leav
 def test_passing_through_is_not_loitering_and_a_lost_loiterer_ends() -> None:
     engine = RuleEngine([rule(**LOITER)])
     assert run(engine, walk(50, 700, 300, 66)) == [], "4 s inside is less than 5"
-    hits = run(engine, [[track(300, 300, id="t2", t=i / 10)] for i in range(70)])
+    hits = run(engine, [[track(300, 300, id="t2", t=10 + i / 10)] for i in range(70)], start=10.0)
     assert [h.event for h in hits] == ["loiter_start"]
-    lost = end(engine, track(300, 300, id="t2", t=6.9))
+    lost = end(engine, track(300, 300, id="t2", t=16.9))
     assert [(h.event, h.event_id) for h in lost] == [("loiter_end", "t2")]
     assert lost[0].dwell_s == pytest.approx(6.9)
 
@@ -389,3 +389,11 @@ def test_the_engine_waits_for_a_first_frame_and_keeps_its_size_through_a_stall()
     hits = engine.update(TrackUpdate(ended=[track(300, 300)]), None, 1.0)
     assert [h.event for h in hits] == ["exit"]
     assert RuleEngine([]).update(TrackUpdate(updated=[track(300, 300)]), [], 0.0, (W, H)) == []
+
+
+def test_a_late_frame_stamped_before_the_last_update_counts_as_no_time_passing() -> None:
+    engine = RuleEngine([rule(**SQUARE)])
+    run(engine, [[track(300, 300)]], start=1.0)
+    engine.update(TrackUpdate(), None, 2.0)  # a stalled camera, stamped with the clock
+    late = engine.update(TrackUpdate(updated=[track(700, 300)]), [], 1.9, (W, H))  # the frame that was late
+    assert [(h.event, h.time, h.dwell_s) for h in late] == [("exit", 2.0, 1.0)]

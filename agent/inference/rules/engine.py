@@ -38,6 +38,7 @@ class RuleEngine:
     def __init__(self, rules: Sequence[RuleConfig]) -> None:
         self.rules = [build_rule(config) for config in rules]
         self._size: tuple[int, int] | None = None
+        self._now: float | None = None
 
     @property
     def size(self) -> tuple[int, int] | None:
@@ -54,6 +55,11 @@ class RuleEngine:
         """One frame: the tracker's update for it, its raw detections, its monotonic time and its
         (width, height). With no picture (a stalled camera) pass detections=None and no size: tracks
         that end still close their zones, while the left-object rules wait for a picture."""
+        if self._now is not None and now < self._now:
+            # A frame stamped at capture can come after a no-picture update stamped later (see the
+            # tracker): take it as no time passing, so that no dwell or clock ever runs backwards.
+            now = self._now
+        self._now = now
         if size is not None:
             self._size = size
         if self._size is None or not self.rules:

@@ -97,6 +97,9 @@ def _near(person: Box, obj: Box, heights: float) -> bool:
 
 
 class LeftBehindRule:
+    """`left_behind_start` once per object when it has been there, still and unattended, for
+    `after_s`; `left_behind_end` when it is gone. See the module docstring for why it works this way."""
+
     def __init__(self, config: LeftBehindRuleConfig) -> None:
         self.id = config.id
         self.config = config
@@ -156,18 +159,15 @@ class LeftBehindRule:
         threshold = self.config.still_iou
         found: dict[int, list[int]] = {}  # object index -> detection indexes
         unmatched: list[int] = []
-        if self._objects:
-            overlaps = iou_matrix([o.box for o in self._objects], boxes)
-            for j in range(len(boxes)):
-                i = int(overlaps[:, j].argmax())
-                if overlaps[i, j] >= threshold:
-                    found.setdefault(i, []).append(j)
-                else:
-                    unmatched.append(j)
-        else:
-            unmatched = list(range(len(boxes)))
+        overlaps = iou_matrix([o.box for o in self._objects], boxes)  # [objects, detections]
+        for j in range(len(boxes)):
+            i = int(overlaps[:, j].argmax()) if self._objects else -1
+            if i >= 0 and overlaps[i, j] >= threshold:
+                found.setdefault(i, []).append(j)
+            else:
+                unmatched.append(j)
         for i, js in found.items():
-            best = max(js, key=lambda j: iou_matrix([self._objects[i].box], [boxes[j]])[0, 0])
+            best = max(js, key=lambda j: float(overlaps[i, j]))
             self._objects[i].see(boxes[best], [labels[j] for j in js], now)
         fresh: list[_Object] = []
         scene = self._started is not None and now - self._started < self.config.learn_s
