@@ -61,6 +61,8 @@ def check_config(config: Annotated[Path, typer.Argument(help="The agent's YAML c
     for cam in cfg.cameras:
         table.add_row(f"camera {cam.id}", redact_url(cam.url))
         table.add_row(f"  {cam.id} health", _health_plan(cam))
+        if cam.rules:
+            table.add_row(f"  {cam.id} rules", ", ".join(f"{rule.type} {rule.id}" for rule in cam.rules))
     table.add_row("detect", f"{cfg.detect.fps:g} fps, labels: {', '.join(cfg.detect.labels)}")
     Console().print(table)
 

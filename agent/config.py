@@ -7,10 +7,19 @@ and the problem, because the person reading it is a technician on a ladder, not 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from polewatch.protocol.topics import DEVICE_ID_PATTERN
 
@@ -194,6 +203,192 @@ class CameraHealthConfig(_Strict):
     low_fps: LowFpsConfig = Field(default_factory=LowFpsConfig)
 
 
+# What a left-behind rule watches for unless told otherwise: the COCO classes of luggage.
+DEFAULT_LEFT_BEHIND_LABELS = ("backpack", "handbag", "suitcase")
+RULE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+
+Point = tuple[float, float]
+
+
+def _check_points(points: list[Point], info: ValidationInfo) -> list[Point]:
+    """Coordinates must fit their units: a normalised 1.4 is a pixel value typed under the wrong units."""
+    units = info.data.get("units", "normalised")
+    for i, (x, y) in enumerate(points):
+        if units == "normalised" and not (0.0 <= x <= 1.0 and 0.0 <= y <= 1.0):
+            raise ValueError(
+                f"point {i} is ({x:g}, {y:g}) but units is normalised, where x and y are fractions of the frame "
+                "within 0..1; give pixels with units: pixels"
+            )
+        if x < 0 or y < 0:
+            raise ValueError(f"point {i} is ({x:g}, {y:g}): pixel coordinates cannot be negative")
+    return points
+
+
+def _segments_cross(p: Point, q: Point, r: Point, s: Point) -> bool:
+    """Whether segments pq and rs touch or cross (collinear overlaps included)."""
+
+    def orient(a: Point, b: Point, c: Point) -> float:
+        return (b[0] - a[0]) * (c[1] - a[1]) - (b[1] - a[1]) * (c[0] - a[0])
+
+    def within(a: Point, b: Point, c: Point) -> bool:  # c on the bounding box of ab
+        return min(a[0], b[0]) <= c[0] <= max(a[0], b[0]) and min(a[1], b[1]) <= c[1] <= max(a[1], b[1])
+
+    d1, d2, d3, d4 = orient(r, s, p), orient(r, s, q), orient(p, q, r), orient(p, q, s)
+    if ((d1 > 0 > d2) or (d1 < 0 < d2)) and ((d3 > 0 > d4) or (d3 < 0 < d4)):
+        return True
+    return (
+        (d1 == 0 and within(r, s, p))
+        or (d2 == 0 and within(r, s, q))
+        or (d3 == 0 and within(p, q, r))
+        or (d4 == 0 and within(p, q, s))
+    )
+
+
+def _check_polygon(polygon: list[Point]) -> list[Point]:
+    """A zone must be a simple polygon: a figure-of-eight has no clear inside and outside."""
+    n = len(polygon)
+    for i in range(n):
+        for j in range(i + 1, n):
+            if j == i + 1 or (i == 0 and j == n - 1):
+                continue  # neighbours share a corner
+            if _segments_cross(polygon[i], polygon[(i + 1) % n], polygon[j], polygon[(j + 1) % n]):
+                raise ValueError(
+                    f"polygon edges {i}-{(i + 1) % n} and {j}-{(j + 1) % n} cross: the polygon must not intersect "
+                    "itself (list the points in order around the zone)"
+                )
+    twice_area = sum(
+        polygon[i][0] * polygon[(i + 1) % n][1] - polygon[(i + 1) % n][0] * polygon[i][1] for i in range(n)
+    )
+    if abs(twice_area) < 1e-12:
+        raise ValueError("polygon has no area: its points lie on one line")
+    return polygon
+
+
+class _Rule(_Strict):
+    """What every rule has. `units` comes before the coordinates so that they are checked against it."""
+
+    id: str = Field(pattern=RULE_ID_PATTERN, description="Names the rule in its events; unique per camera.")
+    units: Literal["normalised", "pixels"] = Field(
+        default="normalised", description="Coordinates as fractions of the frame (0..1) or as pixels."
+    )
+    labels: list[str] | Literal["any"] = Field(
+        default="any", description="Object labels the rule applies to, or 'any' label the detector reports."
+    )
+
+    @field_validator("labels")
+    @classmethod
+    def _some_labels(cls, labels: list[str] | str) -> list[str] | str:
+        if isinstance(labels, list) and not labels:
+            raise ValueError("labels is empty: list the labels the rule applies to, or say any")
+        return labels
+
+
+class _TrackRule(_Rule):
+    anchor: Literal["bottom_centre", "centre", "top_centre"] = Field(
+        default="bottom_centre", description="The point of a box that counts: bottom_centre is where people stand."
+    )
+    hysteresis: float = Field(
+        default=0.1,
+        ge=0,
+        le=1,
+        description="How far past an edge or line the anchor must be, as a fraction of the box height, before "
+        "the side counts as changed; absorbs detector jitter.",
+    )
+
+
+class _ZoneRule(_TrackRule):
+    polygon: list[Point] = Field(min_length=3, description="The zone's corners in order.")
+
+    @field_validator("polygon")
+    @classmethod
+    def _valid_polygon(cls, polygon: list[Point], info: ValidationInfo) -> list[Point]:
+        return _check_polygon(_check_points(polygon, info))
+
+
+class ZoneRuleConfig(_ZoneRule):
+    """Tells when a tracked object enters and leaves a zone."""
+
+    type: Literal["zone"]
+
+
+class LoiterRuleConfig(_ZoneRule):
+    """Tells when a tracked object has stayed in a zone for `dwell_s`, and when it leaves."""
+
+    type: Literal["loiter"]
+    dwell_s: float = Field(gt=0, description="Seconds inside the zone before it counts as loitering.")
+
+
+class LineRuleConfig(_TrackRule):
+    """Counts tracked objects crossing a line, per direction: A is on the left going from the first
+    point to the second, as drawn on the picture (a line drawn left to right has A above it)."""
+
+    type: Literal["line"]
+    points: list[Point] = Field(min_length=2, max_length=2, description="The line's two ends.")
+
+    @field_validator("points")
+    @classmethod
+    def _valid_line(cls, points: list[Point], info: ValidationInfo) -> list[Point]:
+        _check_points(points, info)
+        if points[0] == points[1]:
+            raise ValueError("the line's two points are the same point: give two distinct points")
+        return points
+
+
+class LeftBehindRuleConfig(_Rule):
+    """Tells when a new object stays still with nobody near it for `after_s`, and when it is gone.
+
+    Built for how a detector really sees a static object: intermittently, and not always under the
+    same label (NanoDet calls one bollard a dog in one frame and a bird in the next). So objects are
+    followed by their place, not by the tracker, and a gap of up to `absent_s` does not end them.
+    """
+
+    type: Literal["left_behind"]
+    labels: list[str] | Literal["any"] = Field(
+        default_factory=lambda: list(DEFAULT_LEFT_BEHIND_LABELS),
+        description="Object labels to watch, or 'any' label except those in attended_by.",
+    )
+    polygon: list[Point] | None = Field(
+        default=None, min_length=3, description="Where to watch (the object's box centre); default the whole frame."
+    )
+    after_s: float = Field(default=60.0, gt=0, description="Seconds still and unattended before it is reported.")
+    absent_s: float = Field(
+        default=5.0, gt=0, description="Seconds without seeing the object (nobody in front of it) before it is gone."
+    )
+    learn_s: float = Field(
+        default=10.0, ge=0, description="Objects already there in the first seconds are part of the scene."
+    )
+    still_iou: float = Field(
+        default=0.5, gt=0, le=1, description="Minimum overlap with where the object was for it to count as still."
+    )
+    attended_by: list[str] = Field(
+        default_factory=lambda: ["person"], min_length=1, description="Labels of whoever can attend an object."
+    )
+    attend_distance: float = Field(
+        default=1.0,
+        gt=0,
+        description="An object is attended while a person is within this many of their own heights of it.",
+    )
+
+    @field_validator("polygon")
+    @classmethod
+    def _valid_polygon(cls, polygon: list[Point] | None, info: ValidationInfo) -> list[Point] | None:
+        return None if polygon is None else _check_polygon(_check_points(polygon, info))
+
+    @model_validator(mode="after")
+    def _time_to_fire(self) -> LeftBehindRuleConfig:
+        if self.absent_s >= self.after_s:
+            raise ValueError(
+                f"absent_s ({self.absent_s:g}) must be shorter than after_s ({self.after_s:g}): otherwise a single "
+                "stray detection could stand for an object that stayed"
+            )
+        return self
+
+
+RuleConfig = Annotated[
+    ZoneRuleConfig | LoiterRuleConfig | LineRuleConfig | LeftBehindRuleConfig, Field(discriminator="type")
+]
+
+
 class CameraConfig(_Strict):
     id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
     url: str = Field(min_length=1, description="rtsp://..., http://..., or a path to a video file.")
@@ -203,6 +398,16 @@ class CameraConfig(_Strict):
         description="The camera's reference view saved at provisioning (`polewatch provision probe-camera "
         "--reference`); without it the first clear frame after start is the reference.",
     )
+    rules: list[RuleConfig] = Field(default_factory=list, description="Zones, lines and left-object watches.")
+
+    @field_validator("rules")
+    @classmethod
+    def _unique_rule_ids(cls, rules: list[RuleConfig]) -> list[RuleConfig]:
+        ids = [r.id for r in rules]
+        dupes = sorted({i for i in ids if ids.count(i) > 1})
+        if dupes:
+            raise ValueError(f"rule ids must be unique per camera; repeated: {', '.join(dupes)}")
+        return rules
     health: CameraHealthConfig = Field(default_factory=CameraHealthConfig)
 
     @field_validator("url")
@@ -239,10 +444,42 @@ class AgentConfig(_Strict):
             raise ValueError(f"camera ids must be unique; repeated: {', '.join(dupes)}")
         return cameras
 
+    @model_validator(mode="after")
+    def _rules_see_their_labels(self) -> AgentConfig:
+        """A rule on a label the detector does not report would silently never fire: refuse it."""
+        detected = set(self.detect.labels)
+        for c, cam in enumerate(self.cameras):
+            for r, rule in enumerate(cam.rules):
+                where = f"cameras.{c}.rules.{r}"
+                fields: dict[str, list[str] | str] = {"labels": rule.labels}
+                if isinstance(rule, LeftBehindRuleConfig):
+                    fields["attended_by"] = rule.attended_by
+                    if rule.labels == "any" and not detected - set(rule.attended_by):
+                        raise ValueError(
+                            f"{where}.labels: any leaves nothing to watch: detect.labels has only "
+                            f"{', '.join(sorted(detected))}, which attend objects"
+                        )
+                for name, labels in fields.items():
+                    if labels == "any":
+                        continue
+                    missing = [label for label in labels if label not in detected]
+                    if missing:
+                        one = len(missing) == 1
+                        raise ValueError(
+                            f"{where}.{name}: {', '.join(missing)} {'is' if one else 'are'} not in detect.labels, "
+                            f"so the detector never reports {'it' if one else 'them'}; add "
+                            f"{'it' if one else 'them'} there"
+                        )
+        return self
+
 
 def _describe(exc: ValidationError) -> str:
     lines = []
     for err in exc.errors(include_url=False):
+        if not err["loc"] and err["type"] == "value_error":
+            # A check across sections (rules against detect.labels): its message starts with the field.
+            lines.append(f"  {err['ctx']['error']}")
+            continue
         where = ".".join(str(p) for p in err["loc"]) or "(top level)"
         lines.append(f"  {where}: {err['msg']}")
     return "\n".join(lines)

@@ -1,9 +1,10 @@
-"""The agent's main loop: cameras in, detections, camera health and health out through the outbox.
+"""The agent's main loop: cameras in, detections, rule events, camera health and health out.
 
 Each camera has its own reader thread, its own detect loop and its own camera-health loop, so one
 broken camera never stalls another and a slow detector never delays the news that a lens is
 covered; the detector, the camera-health analysis and the outbox run in worker threads, so the event
-loop (and with it the MQTT keepalive) never waits on a model, a picture or a disk.
+loop (and with it the MQTT keepalive) never waits on a model, a picture or a disk. A camera's
+rules run right after its tracker, on the same frame.
 """
 
 from __future__ import annotations
@@ -20,23 +21,25 @@ from pathlib import Path
 import cv2
 
 from polewatch import __version__
-from polewatch.protocol import Box, CameraHealth, Detection
+from polewatch.protocol import Box, CameraHealth, Detection, LineCounts, RuleEvent
 
 from .capture.camera_health import CameraHealthChange, CameraHealthChecker
 from .capture.frame_metrics import Image
 from .capture.source import Frame, FrameSource
 from .config import AgentConfig, CameraConfig
 from .health import HealthProbe
+from .inference.detector import Detection as Found
 from .inference.detector import Detector, load_detector
-from .inference.tracker import IouTracker, Track, TrackUpdate
+from .inference.rules import RuleEngine, RuleHit
+from .inference.tracker import IouTracker, TrackUpdate
 from .uplink.outbox import Outbox
 from .uplink.session import Uplink
 
 log = logging.getLogger("polewatch.agent")
 
 
-def _box(track: Track, width: int, height: int) -> Box:
-    x1, y1, x2, y2 = track.box
+def _box(box: tuple[float, float, float, float], width: int, height: int) -> Box:
+    x1, y1, x2, y2 = box
     return Box(
         x1=min(max(x1 / width, 0.0), 1.0),
         y1=min(max(y1 / height, 0.0), 1.0),
@@ -86,6 +89,30 @@ def load_reference(camera: CameraConfig) -> Image | None:
     return image
 
 
+def rule_event(
+    camera_id: str, hit: RuleHit, width: int, height: int, frame_time: datetime, counts_since: datetime
+) -> RuleEvent:
+    """The wire form of a rule's event: box normalised like a detection's, counts only on crossings."""
+    return RuleEvent(
+        camera_id=camera_id,
+        rule_id=hit.rule_id,
+        rule_type=hit.rule_type,
+        event=hit.event,
+        event_id=hit.event_id,
+        label=hit.label,
+        box=_box(hit.box, width, height),
+        frame_time=frame_time,
+        frame_width=width,
+        frame_height=height,
+        direction=hit.direction,
+        counts=None
+        if hit.counts is None
+        else {label: LineCounts(a_to_b=a, b_to_a=b) for label, (a, b) in hit.counts.items()},
+        counts_since=None if hit.counts is None else counts_since,
+        dwell_s=None if hit.dwell_s is None else round(hit.dwell_s, 2),
+    )
+
+
 class RateMeter:
     """Events per second over a sliding window, for the health report."""
 
@@ -121,11 +148,13 @@ class Agent:
             for cam in config.cameras
             if cam.health.enabled
         }
+        self.rules = {cam.id: cam.rules for cam in config.cameras}
         self.uplink = Uplink(config.mqtt, self.outbox, device_id=config.device_id, agent_version=__version__)
         self.health = HealthProbe(__version__, config.state_dir)
         self.detect_rate = RateMeter()
         self._health_since: dict[tuple[str, str], datetime] = {}  # (camera, condition) -> since sent
         self.events_accepted = 0
+        self.rule_events_accepted = 0
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run until `stop` is set, then say goodbye to the broker and release the cameras."""
@@ -172,18 +201,25 @@ class Agent:
     async def _watch(self, source: FrameSource) -> None:
         interval = 1.0 / self.config.detect.fps
         tracker = IouTracker()
+        rules = RuleEngine(self.rules[source.camera_id])
+        counts_since = datetime.now(timezone.utc)  # the line counters start now: say so in every count
         last_index = 0
         next_due = time.monotonic()
         while True:
             frame = await asyncio.to_thread(source.latest, last_index, 1.0)
             if frame is None:
                 # No picture: let tracks of a dead camera end instead of hanging open.
-                await self._emit(source, tracker.update([], time.monotonic()), None)
+                now = time.monotonic()
+                update = tracker.update([], now)
+                await self._emit(source, update, None)
+                await self._run_rules(source, rules, update, None, None, now, counts_since)
                 continue
             last_index = frame.index
             detections = await asyncio.to_thread(self.detector.detect, frame.image)
             self.detect_rate.tick(time.monotonic())
-            await self._emit(source, tracker.update(detections, frame.mono_time), frame)
+            update = tracker.update(detections, frame.mono_time)
+            await self._emit(source, update, frame)
+            await self._run_rules(source, rules, update, detections, frame, frame.mono_time, counts_since)
             next_due = max(next_due + interval, time.monotonic() - interval)
             await asyncio.sleep(max(0.0, next_due - time.monotonic()))
 
@@ -240,7 +276,7 @@ class Agent:
                     camera_id=source.camera_id,
                     label=track.label,
                     score=round(track.best_score, 4),
-                    box=_box(track, width, height),
+                    box=_box(track.box, width, height),
                     frame_time=frame_time,
                     frame_width=width,
                     frame_height=height,
@@ -253,6 +289,39 @@ class Agent:
                     extra={"message_id": message.id, "seq": message.seq, "event_id": track.id,
                            "phase": phase, "label": track.label},
                 )
+        self.uplink.notify()
+
+    async def _run_rules(
+        self,
+        source: FrameSource,
+        rules: RuleEngine,
+        update: TrackUpdate,
+        detections: list[Found] | None,
+        frame: Frame | None,
+        now: float,
+        counts_since: datetime,
+    ) -> None:
+        if not rules.rules:
+            return
+        size = None if frame is None else (int(frame.image.shape[1]), int(frame.image.shape[0]))
+        try:
+            hits = rules.update(update, detections, now, size)
+        except Exception:  # a bug in one rule must not stop the camera's detections
+            log.exception("camera rules failed on a frame", extra={"camera": source.camera_id})
+            return
+        if not hits or rules.size is None:
+            return
+        width, height = rules.size
+        frame_time = datetime.fromtimestamp(frame.wall_time if frame else time.time(), timezone.utc)
+        for hit in hits:
+            body = rule_event(source.camera_id, hit, width, height, frame_time, counts_since)
+            message = await asyncio.to_thread(self.outbox.add, body)
+            self.rule_events_accepted += 1
+            log.debug(
+                "rule event accepted",
+                extra={"message_id": message.id, "seq": message.seq, "rule_id": hit.rule_id, "event": hit.event,
+                       "event_id": hit.event_id, "label": hit.label},
+            )
         self.uplink.notify()
 
     async def _report_health(self) -> None:

@@ -7,6 +7,7 @@ what runs on a pole and what runs in the command centre.
 from . import topics
 from .ids import message_id_time_ms, new_message_id
 from .messages import (
+    CORE_KINDS,
     KINDS,
     SCHEMA_VERSION,
     AnyMessage,
@@ -19,9 +20,13 @@ from .messages import (
     DetectionMessage,
     Health,
     HealthMessage,
+    LineCounts,
     MessageError,
     Presence,
     PresenceMessage,
+    RuleEvent,
+    RuleEventMessage,
+    V1Message,
     build,
     decode,
     encode,
@@ -29,6 +34,7 @@ from .messages import (
 )
 
 __all__ = [
+    "CORE_KINDS",
     "KINDS",
     "SCHEMA_VERSION",
     "AnyMessage",
@@ -41,9 +47,13 @@ __all__ = [
     "DetectionMessage",
     "Health",
     "HealthMessage",
+    "LineCounts",
     "MessageError",
     "Presence",
     "PresenceMessage",
+    "RuleEvent",
+    "RuleEventMessage",
+    "V1Message",
     "build",
     "decode",
     "encode",

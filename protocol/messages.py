@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Collection
 from datetime import datetime, timezone
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, overload
 
 from pydantic import (
     AwareDatetime,
@@ -151,6 +152,51 @@ class CameraHealth(Body):
         return self
 
 
+class LineCounts(Body):
+    a_to_b: int = Field(ge=0)
+    b_to_a: int = Field(ge=0)
+
+
+_RULE_EVENTS = {
+    "zone": ("enter", "exit"),
+    "loiter": ("loiter_start", "loiter_end"),
+    "line": ("cross",),
+    "left_behind": ("left_behind_start", "left_behind_end"),
+}
+
+
+class RuleEvent(Body):
+    """What a camera rule saw: a zone entered or left, someone loitering, a line crossed, an object left.
+
+    `event_id` is the track id (zone, loiter, line) or the left object's id, the same for its start
+    and end. `counts` (line crossings per label since `counts_since`, when the agent started) is a
+    convenience snapshot: a restart zeroes it, so totals are summed from the `cross` events.
+    """
+
+    camera_id: str = Field(min_length=1, max_length=64)
+    rule_id: str = Field(min_length=1, max_length=64)
+    rule_type: Literal["zone", "loiter", "line", "left_behind"]
+    event: Literal["enter", "exit", "loiter_start", "loiter_end", "cross", "left_behind_start", "left_behind_end"]
+    event_id: str = Field(min_length=1, max_length=80)
+    label: str = Field(min_length=1, max_length=64)
+    box: Box
+    frame_time: AwareDatetime
+    frame_width: int = Field(gt=0)
+    frame_height: int = Field(gt=0)
+    direction: Literal["a_to_b", "b_to_a"] | None = Field(default=None, description="cross: the side it came from.")
+    counts: dict[str, LineCounts] | None = Field(default=None, description="cross: crossings per label so far.")
+    counts_since: AwareDatetime | None = None
+    dwell_s: float | None = Field(default=None, ge=0, description="Seconds in the zone, or the object left so far.")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> RuleEvent:
+        if self.event not in _RULE_EVENTS[self.rule_type]:
+            raise ValueError(f"event {self.event!r} does not belong to a {self.rule_type} rule")
+        if (self.direction is None) != (self.event != "cross"):
+            raise ValueError("direction is required for cross events and only for them")
+        return self
+
+
 class _Envelope(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
 
@@ -185,22 +231,41 @@ class CameraHealthMessage(_Envelope):
     body: CameraHealth
 
 
-Message = Annotated[
-    PresenceMessage | HealthMessage | DetectionMessage | CameraHealthMessage, Field(discriminator="kind")
-]
-AnyMessage = PresenceMessage | HealthMessage | DetectionMessage | CameraHealthMessage
+class RuleEventMessage(_Envelope):
+    kind: Literal["rule_event"] = "rule_event"
+    body: RuleEvent
 
-_MESSAGE_ADAPTER: TypeAdapter[AnyMessage] = TypeAdapter(Message)
-_BY_BODY: dict[type[Body], type[AnyMessage]] = {
+
+Message = Annotated[
+    PresenceMessage | HealthMessage | DetectionMessage | CameraHealthMessage | RuleEventMessage,
+    Field(discriminator="kind"),
+]
+# What every v1 receiver handles, and all `decode` returns unless the caller names more kinds.
+AnyMessage = PresenceMessage | HealthMessage | DetectionMessage | CameraHealthMessage
+CORE_KINDS: tuple[str, ...] = ("presence", "health", "detection", "camera_health")
+# Every kind of v1. A kind added after the first fleet server is decoded only by a receiver that asks
+# for it (`decode(..., kinds=KINDS)`): any other receiver rejects it as unknown_kind (counted, acked)
+# instead of taking it for a kind it stores.
+V1Message = AnyMessage | RuleEventMessage
+KINDS: tuple[str, ...] = (*CORE_KINDS, "rule_event")
+
+_MESSAGE_ADAPTER: TypeAdapter[V1Message] = TypeAdapter(Message)
+_BY_BODY: dict[type[Body], type[V1Message]] = {
     Presence: PresenceMessage,
     Health: HealthMessage,
     Detection: DetectionMessage,
     CameraHealth: CameraHealthMessage,
+    RuleEvent: RuleEventMessage,
 }
-KINDS: tuple[str, ...] = ("presence", "health", "detection", "camera_health")
 
 
-def build(body: Body, *, device_id: str, seq: int) -> AnyMessage:
+@overload
+def build(body: Presence | Health | Detection | CameraHealth, *, device_id: str, seq: int) -> AnyMessage: ...
+@overload
+def build(body: RuleEvent, *, device_id: str, seq: int) -> RuleEventMessage: ...
+@overload
+def build(body: Body, *, device_id: str, seq: int) -> V1Message: ...
+def build(body: Body, *, device_id: str, seq: int) -> V1Message:
     """Wrap a body in a fresh envelope (new id, both clocks read now)."""
     cls = _BY_BODY[type(body)]
     return cls(
@@ -213,7 +278,7 @@ def build(body: Body, *, device_id: str, seq: int) -> AnyMessage:
     )
 
 
-def encode(message: AnyMessage) -> bytes:
+def encode(message: V1Message) -> bytes:
     return message.model_dump_json().encode()
 
 
@@ -225,8 +290,14 @@ def _describe(exc: ValidationError) -> str:
     return "; ".join(parts)
 
 
-def decode(payload: bytes | str, topic: ParsedTopic | None = None) -> AnyMessage:
-    """Parse and validate one payload; with `topic`, also check it matches the envelope.
+@overload
+def decode(payload: bytes | str, topic: ParsedTopic | None = None) -> AnyMessage: ...
+@overload
+def decode(payload: bytes | str, topic: ParsedTopic | None = None, *, kinds: Collection[str]) -> V1Message: ...
+def decode(
+    payload: bytes | str, topic: ParsedTopic | None = None, *, kinds: Collection[str] = CORE_KINDS
+) -> V1Message:
+    """Parse and validate one payload of one of `kinds`; with `topic`, also check it matches the envelope.
 
     The topic check stops a box from speaking for another one in the envelope: the broker ACL
     confines the topic, so the topic is the identity we trust.
@@ -238,8 +309,9 @@ def decode(payload: bytes | str, topic: ParsedTopic | None = None) -> AnyMessage
     if not isinstance(raw, dict):
         raise MessageError(f"payload is a JSON {type(raw).__name__}, expected an object", reason="not_object")
     kind = raw.get("kind")
-    if kind not in KINDS:
-        raise MessageError(f"unknown message kind {kind!r}; v1 knows {', '.join(KINDS)}", reason="unknown_kind")
+    if kind not in kinds or kind not in KINDS:
+        known = ", ".join(k for k in KINDS if k in kinds)
+        raise MessageError(f"unknown message kind {kind!r}; this receiver knows {known}", reason="unknown_kind")
     try:
         message = _MESSAGE_ADAPTER.validate_python(raw)
     except ValidationError as exc:

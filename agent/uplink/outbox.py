@@ -14,7 +14,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from polewatch.protocol import AnyMessage, Body, build, encode, topics
+from polewatch.protocol import Body, V1Message, build, encode, topics
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
@@ -63,7 +63,7 @@ class Outbox:
         self._db.execute("UPDATE meta SET value = value + 1 WHERE key = 'next_seq'")
         return int(seq)
 
-    def add(self, body: Body, *, retain: bool = False) -> AnyMessage:
+    def add(self, body: Body, *, retain: bool = False) -> V1Message:
         """Number, wrap and store one message; when this returns it is on disk."""
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
@@ -79,7 +79,7 @@ class Outbox:
                 raise
         return message
 
-    def stamp(self, body: Body) -> AnyMessage:
+    def stamp(self, body: Body) -> V1Message:
         """Number and wrap a message that is not queued (presence: only its latest value matters)."""
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")

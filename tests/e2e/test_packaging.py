@@ -66,6 +66,7 @@ def test_wheel_carries_every_package_and_its_data(wheel: Path) -> None:
         assert f"{package.replace('.', '/')}/__init__.py" in names
     assert "polewatch/agent/inference/models/nanodet-m-416.onnx" in names
     assert "polewatch/agent/inference/models/nanodet-m-416.json" in names
+    assert "polewatch/agent/inference/rules/engine.py" in names, "subpackages are listed in pyproject.toml"
     assert "polewatch/samples/vtest-clip.mp4" in names
     assert any(n.startswith("polewatch/fleet_server/static/") for n in names)
     assert any(n.startswith("polewatch/fleet_server/migrations/versions/") for n in names)

@@ -15,8 +15,11 @@ from polewatch.protocol import (
     CameraHealthMessage,
     Detection,
     Health,
+    LineCounts,
     MessageError,
     Presence,
+    RuleEvent,
+    RuleEventMessage,
     build,
     decode,
     encode,
@@ -186,6 +189,61 @@ def test_invalid_camera_health_is_rejected_with_the_reason(change: dict[str, obj
     with pytest.raises(MessageError, match=reason) as info:
         decode(json.dumps(raw))
     assert info.value.reason == "invalid_camera_health"
+
+
+def _rule_event(**overrides: object) -> RuleEvent:
+    fields: dict[str, object] = {
+        "camera_id": "cam1",
+        "rule_id": "walkway",
+        "rule_type": "line",
+        "event": "cross",
+        "event_id": "trk-7",
+        "label": "person",
+        "box": Box(x1=0.1, y1=0.2, x2=0.3, y2=0.6),
+        "frame_time": datetime(2026, 11, 23, 2, 14, tzinfo=timezone.utc),
+        "frame_width": 768,
+        "frame_height": 576,
+        "direction": "a_to_b",
+        "counts": {"person": LineCounts(a_to_b=4, b_to_a=7)},
+        "counts_since": datetime(2026, 11, 23, 0, 0, tzinfo=timezone.utc),
+    }
+    fields.update(overrides)
+    return RuleEvent.model_validate(fields)
+
+
+def test_rule_events_round_trip_for_a_receiver_that_asks_for_them() -> None:
+    message = build(_rule_event(), device_id="pole-17", seq=3)
+    assert message.kind == "rule_event"
+    back = decode(encode(message), topics.parse(topics.up("pole-17", "rule_event")), kinds=protocol.KINDS)
+    assert back == message
+    assert isinstance(back, RuleEventMessage) and back.body.counts == {"person": LineCounts(a_to_b=4, b_to_a=7)}
+
+
+def test_a_receiver_that_does_not_ask_for_rule_events_rejects_them_as_unknown() -> None:
+    """The fleet server of this release decodes only the core kinds: it counts a rule event as unknown_kind
+    and acknowledges it, never mistakes it for a kind it stores."""
+    payload = encode(build(_rule_event(), device_id="pole-17", seq=3))
+    with pytest.raises(MessageError, match="unknown message kind 'rule_event'") as info:
+        decode(payload)
+    assert info.value.reason == "unknown_kind"
+    assert "rule_event" in protocol.KINDS and "rule_event" not in protocol.CORE_KINDS
+
+
+@pytest.mark.parametrize(
+    ("overrides", "problem"),
+    [
+        ({"event": "enter"}, "does not belong to a line rule"),
+        ({"direction": None}, "direction is required"),
+        ({"rule_type": "zone", "event": "enter"}, "direction is required for cross events and only"),
+        ({"rule_type": "loiter", "event": "cross"}, "does not belong to a loiter rule"),
+        ({"dwell_s": -1.0}, "dwell_s"),
+        ({"counts": {"person": {"a_to_b": -1, "b_to_a": 0}}}, "a_to_b"),
+    ],
+)
+def test_rule_event_bodies_are_consistent(overrides: dict[str, object], problem: str) -> None:
+    with pytest.raises(ValueError, match=problem):
+        _rule_event(**overrides)
+    _rule_event(rule_type="left_behind", event="left_behind_start", direction=None, counts=None, dwell_s=31.5)
 
 
 def test_checked_in_json_schema_is_current() -> None:

@@ -8,12 +8,13 @@ import contextlib
 import json
 import logging
 import sqlite3
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
 
 from polewatch.fleet_server.models import CameraHealthEvent, Device, Event, HealthSample, PresenceChange
-from polewatch.protocol import encode
+from polewatch.protocol import Box, RuleEvent, build, encode
 from support.brokers import BrokerProcess
 from support.server import (
     camera_health,
@@ -142,6 +143,27 @@ async def test_malformed_messages_are_counted_by_reason_and_never_stop_the_inges
         )
         box_log = next(r for r in caplog.records if r.__dict__.get("reason") == "invalid_detection")
         assert "out of order" in box_log.__dict__["detail"]
+        assert not run.task.done()
+
+
+async def test_rule_events_are_counted_as_unknown_until_the_server_stores_them(
+    broker: BrokerProcess, tmp_path: Path
+) -> None:
+    """Agents with camera rules send `rule_event`; this server decodes only the core kinds, so it
+    rejects them as unknown_kind (acknowledged, never redelivered) and carries on."""
+    body = RuleEvent(
+        camera_id="cam1", rule_id="walkway", rule_type="line", event="cross", event_id="trk-1", label="person",
+        box=Box(x1=0.1, y1=0.2, x2=0.3, y2=0.6), frame_time=datetime.now(timezone.utc), frame_width=768,
+        frame_height=576, direction="a_to_b",
+    )
+    async with running_ingest(settings_for(broker, tmp_path / "fleet.db")) as run:
+        async with pole(broker) as pa:
+            await pa.send(build(body, device_id="pole-a", seq=1))
+            await pa.send(detection(label="car"))
+            await wait_for(lambda: count(run.sessions, Event) == 1, what="the detection after the rule event")
+        stats = run.ingest.stats.snapshot()
+        assert stats.rejected_by_reason == {"unknown_kind": 1}
+        assert stats.accepted_by_kind == {"detection": 1}
         assert not run.task.done()
 
 

@@ -33,6 +33,7 @@ from polewatch.protocol import (
     Detection,
     Health,
     Presence,
+    V1Message,
     build,
     encode,
     topics,
@@ -156,7 +157,7 @@ class Pole:
     client: aiomqtt.Client
     device: str
 
-    async def send(self, message: AnyMessage, *, retain: bool | None = None) -> None:
+    async def send(self, message: V1Message, *, retain: bool | None = None) -> None:
         if retain is None:
             retain = message.kind == "presence"
         await self.client.publish(topics.up(self.device, message.kind), encode(message), qos=1, retain=retain)
