@@ -55,6 +55,12 @@ ROW_OVERHEAD = 24
 # how much a batch will add are scaled up by this, and checked against the real page count.
 PAGE_SLACK = 1.25
 MAX_BATCH_ROWS = 4096
+# Acknowledged rows are deleted in batches, not one commit per acknowledgement: deleting 500 adjacent
+# rows rewrites a few pages once instead of the same page hundreds of times (SD card). The cost is
+# that a crash forgets up to this many seconds of acknowledgements: those are sent again (duplicates
+# the server drops by message id).
+DELETE_BATCH = 512
+DELETE_DELAY_S = 2.0
 INSERT_CHUNK = 256  # rows per INSERT statement (6 parameters each; SQLite allows 32766)
 PURGE_INTERVAL_S = 30.0
 RATE_WINDOW_S = 3600.0
@@ -338,7 +344,11 @@ class Outbox:
         self._unsaved: dict[str, dict[Priority, int]] = {name: _zero() for name in _COUNTERS}
         self._corrupt_files = 0
         self._counters_since: datetime | None = None
-        self._removing: dict[int, Priority | None] = {}
+        self._removing: dict[int, Priority | None] = {}  # acknowledged, not yet deleted
+        self._removing_n: dict[Priority | None, int] = {}
+        self._removing_since: float | None = None
+        self._delete_now = False
+        self._unsaved_seq = False  # a sequence number was used by no stored row (stamp): save it
         self._held: dict[int, Pending] = {}
         self._held_alerts = 0
         self._held_latest: dict[Priority, int] = {}
@@ -442,6 +452,7 @@ class Outbox:
                 raise OutboxClosed(f"the outbox {self.path} is closed")
             message = build(body, device_id=self.device_id, seq=self._next_seq)
             self._next_seq += 1
+            self._unsaved_seq = True
             reply = _Reply()
             self._queue.put(_Flush(reply))
         reply.result()
@@ -524,8 +535,11 @@ class Outbox:
         await reply.wait()
 
     def pending_count(self) -> int:
-        """Messages waiting for the broker: on disk and held in memory."""
-        return sum(self._counts.values()) + len(self._held)
+        """Messages waiting for the broker: on disk (less those acknowledged) and held in memory."""
+        return max(0, sum(self._counts.values()) - len(self._removing)) + len(self._held)
+
+    def _pending(self) -> dict[Priority, int]:
+        return {p: max(0, n - self._removing_n.get(p, 0)) for p, n in self._counts.items()}
 
     def add_listener(self, callback: Callable[[], None]) -> None:
         """Call `callback` (from the writer thread) after each commit that queued new messages."""
@@ -588,7 +602,7 @@ class Outbox:
         per_hour = (written - first_written) / elapsed * 3600.0 if elapsed >= 1.0 else None
         return OutboxStatus(
             storage=self._state,
-            pending=self._counted(self._counts),
+            pending=self._counted(self._pending()),
             held_in_memory=len(self._held),
             disk_bytes=self.disk_bytes(),
             max_bytes=self.limits.max_bytes,
@@ -666,17 +680,20 @@ class Outbox:
                     calls.append(command)
                 elif isinstance(command, _Stop):
                     stop = command
+                elif isinstance(command, _Remove) and command.reply is None:
+                    # An acknowledgement: known at once (reads leave it out), deleted in a batch later.
+                    self._mark_removed(command.seqs)
                 else:
                     writes.append(command)
                     if isinstance(command, _Remove):
-                        # Known at once, so reads served before the commit already leave these out.
-                        for seq, priority in command.seqs:
-                            self._removing[seq] = priority
-                            self._unhold(seq)
+                        self._mark_removed(command.seqs)
+                        self._delete_now = True
+                        due = time.monotonic()
                     if isinstance(command, _Put):
                         rows += len(command.rows)
                         batch_bytes += sum(r.cost for r in command.rows)
                     if isinstance(command, _Flush):
+                        self._delete_now = True
                         due = time.monotonic()
                     elif due is None:
                         due = max(time.monotonic(), self._last_commit + self._window_s)
@@ -711,12 +728,33 @@ class Outbox:
         timers = [self._next_purge, self._next_compact]
         if self._state != "ok":
             timers.append(self._retry_at)
+        elif self._removing_since is not None:
+            timers.append(self._removing_since + DELETE_DELAY_S)
         return min(timers)
+
+    def _mark_removed(self, seqs: list[tuple[int, Priority | None]]) -> None:
+        for seq, priority in seqs:
+            if seq in self._held:  # never reached the disk: nothing to delete there
+                self._unhold(seq)
+            elif seq not in self._removing:
+                self._removing[seq] = priority
+                self._removing_n[priority] = self._removing_n.get(priority, 0) + 1
+        if self._removing and self._removing_since is None:
+            self._removing_since = time.monotonic()
+
+    def _deletes_due(self) -> bool:
+        if not self._removing:
+            return False
+        if self._delete_now or len(self._removing) >= DELETE_BATCH:
+            return True
+        return self._removing_since is not None and time.monotonic() - self._removing_since >= DELETE_DELAY_S
 
     def _timers(self) -> None:
         now = time.monotonic()
         if self._state != "ok" and now >= self._retry_at:
             self._commit([], retry_now=True)  # try to write the held messages (and with them, whether the disk is back)
+        elif self._state == "ok" and self._deletes_due():
+            self._commit([])
         if now >= self._next_purge:
             self._next_purge = now + PURGE_INTERVAL_S
             if self._state == "ok":
@@ -783,7 +821,10 @@ class Outbox:
         counts = dict(self._counts)
         evicted = _zero()
         statuses: dict[int, AcceptStatus] = {}
-        removing = dict(self._removing)
+        removing = dict(self._removing) if self._deletes_due() else {}
+        # The next sequence number needs saving only when rows that carry it may be deleted, or for a
+        # number used by no row (presence): otherwise the highest stored row says it (see _load).
+        persist_seq = bool(removing) or not incoming or self._unsaved_seq
         try:
             conn.execute("BEGIN IMMEDIATE")
             try:
@@ -792,7 +833,7 @@ class Outbox:
                 unsaved = {name: dict(self._unsaved[name]) for name in _COUNTERS}
                 for p, n in evicted.items():
                     unsaved["evicted"][p] += n
-                self._save_meta(conn, unsaved)
+                self._save_meta(conn, unsaved, persist_seq=persist_seq or any(evicted.values()))
                 conn.execute("COMMIT")
             except BaseException:
                 with contextlib.suppress(sqlite3.Error):
@@ -807,8 +848,13 @@ class Outbox:
         # Committed: make the in-memory picture match.
         self._commits += 1
         self._counts = counts
-        for seq in removing:
-            self._removing.pop(seq, None)
+        self._unsaved_seq = False
+        if removing:
+            for seq in removing:
+                priority = self._removing.pop(seq, None)
+                self._removing_n[priority] = self._removing_n.get(priority, 1) - 1
+            self._delete_now = False
+            self._removing_since = time.monotonic() if self._removing else None
         for name in _COUNTERS:
             for p, n in self._unsaved[name].items():
                 self._totals[name][p] += n
@@ -936,23 +982,27 @@ class Outbox:
         cursor = conn.execute(f"DELETE FROM {table} WHERE seq <= ?", (last,))
         return max(0, cursor.rowcount)
 
-    def _save_meta(self, conn: sqlite3.Connection, unsaved: Mapping[str, Mapping[Priority, int]]) -> None:
-        with self._lock:
-            next_seq = self._next_seq
-        values = [("next_seq", next_seq)]
+    def _save_meta(
+        self, conn: sqlite3.Connection, unsaved: Mapping[str, Mapping[Priority, int]], *, persist_seq: bool = True
+    ) -> None:
+        values: list[tuple[str, int]] = []
+        if persist_seq:
+            with self._lock:
+                values.append(("next_seq", self._next_seq))
         for name in _COUNTERS:
             for p, n in unsaved[name].items():
                 if n:
                     values.append((_counter_key(name, p), self._totals[name][p] + n))
-        conn.executemany(
-            "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-            values,
-        )
+        if values:
+            conn.executemany(
+                "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                values,
+            )
 
     def _log_eviction(self, evicted: Mapping[Priority, int]) -> None:
         # At the cap during a long outage every commit evicts: log the running totals once a minute.
         now = time.monotonic()
-        if now - self._last_eviction_log < 60.0 and not evicted[Priority.ALERT]:
+        if now - self._last_eviction_log < (10.0 if evicted[Priority.ALERT] else 60.0):
             return
         self._last_eviction_log = now
         log.warning(
@@ -1302,7 +1352,9 @@ class Outbox:
         except sqlite3.OperationalError as exc:
             raise self._storage_error(exc) from exc
         if self._wal_size() < wal:
-            self._written_checkpointed += wal + max(0, int(copied)) * self._page_size
+            # A checkpoint writes each page once, however many frames it has in the log.
+            (pages,) = conn.execute("PRAGMA page_count").fetchone()
+            self._written_checkpointed += wal + min(max(0, int(copied)), int(pages)) * self._page_size
 
     def _purge(self) -> int:
         """Delete, oldest first, the rows of each class older than its time-to-live."""
@@ -1375,8 +1427,9 @@ class Outbox:
         return True
 
     def _shutdown(self) -> None:
-        if self._held:
-            self._commit([], retry_now=True)  # a last try to get held messages onto disk
+        if self._held or self._removing:
+            self._delete_now = True
+            self._commit([], retry_now=True)  # a last try: held messages onto disk, acknowledged ones off
         if self._held:
             log.error("outbox closed with messages held in memory only; they are lost",
                       extra={"held": len(self._held)})
