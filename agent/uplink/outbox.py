@@ -329,6 +329,7 @@ class Outbox:
         self._ttl: dict[Priority, float | None] = {p: getattr(self.config.ttl_s, p.label) for p in Priority}
 
         self._lock = threading.Lock()  # sequence numbers and queue order
+        self._stats_lock = threading.Lock()  # counters read by status() from other threads
         self._queue: queue.SimpleQueue[_Command] = queue.SimpleQueue()
         self._closed = False
         self._listeners: list[Callable[[], None]] = []
@@ -366,6 +367,7 @@ class Outbox:
         try:
             self._conn = self._open()
         except _StorageError as exc:
+            self._read_what_we_can()
             self._degrade(exc)
         self._thread = threading.Thread(target=self._run, name=f"outbox-{device_id}", daemon=True)
         self._thread.start()
@@ -606,15 +608,31 @@ class Outbox:
             held_in_memory=len(self._held),
             disk_bytes=self.disk_bytes(),
             max_bytes=self.limits.max_bytes,
-            evicted=self._counted(self._totals["evicted"]),
-            expired=self._counted(self._totals["expired"]),
-            dropped=self._counted(self._totals["dropped"]),
+            evicted=self._counted(self._total("evicted")),
+            expired=self._counted(self._total("expired")),
+            dropped=self._counted(self._total("dropped")),
             corrupt_files=self._corrupt_files,
             counters_since=self._counters_since,
             write_bytes_total=written,
             write_bytes_per_hour=None if per_hour is None else round(per_hour, 1),
             last_error=self._last_error if self._state != "ok" else None,
         )
+
+    def _total(self, counter: str) -> dict[Priority, int]:
+        """Saved count plus what is not on disk yet (while the disk cannot be written)."""
+        with self._stats_lock:
+            saved, unsaved = self._totals[counter], self._unsaved[counter]
+            return {p: saved[p] + unsaved[p] for p in Priority}
+
+    def _fold_counters(self, counter: str, fresh: Mapping[Priority, int]) -> None:
+        """After a commit: the unsaved counts and this commit's `fresh` ones are now on disk."""
+        with self._stats_lock:
+            for name in _COUNTERS:
+                for p, n in self._unsaved[name].items():
+                    self._totals[name][p] += n
+                self._unsaved[name] = _zero()
+            for p, n in fresh.items():
+                self._totals[counter][p] += n
 
     @staticmethod
     def _counted(counts: Mapping[Priority, int]) -> PriorityCounts:
@@ -855,12 +873,7 @@ class Outbox:
                 self._removing_n[priority] = self._removing_n.get(priority, 1) - 1
             self._delete_now = False
             self._removing_since = time.monotonic() if self._removing else None
-        for name in _COUNTERS:
-            for p, n in self._unsaved[name].items():
-                self._totals[name][p] += n
-            self._unsaved[name] = _zero()
-        for p, n in evicted.items():
-            self._totals["evicted"][p] += n
+        self._fold_counters("evicted", evicted)
         recovered = self._state != "ok"
         self._held.clear()
         self._held_alerts = 0
@@ -1301,10 +1314,11 @@ class Outbox:
         return aside
 
     def _salvage(self, aside: Path) -> _Salvage:
-        """Read what can still be read from a damaged file: the sequence counter and the counters."""
+        """Read what can still be read from a damaged or unwritable file: the sequence and the counters."""
         salvage = _Salvage()
         try:
-            conn = sqlite3.connect(f"file:{aside}?mode=ro", uri=True, timeout=0)
+            # immutable: no locks, no log, nothing written (the file may be damaged or on a read-only disk)
+            conn = sqlite3.connect(f"{aside.resolve().as_uri()}?mode=ro&immutable=1", uri=True, timeout=0)
         except sqlite3.Error:
             return salvage
         try:
@@ -1321,6 +1335,24 @@ class Outbox:
         finally:
             conn.close()
         return salvage
+
+    def _read_what_we_can(self) -> None:
+        """The database cannot be opened for writing (read-only disk): read its counters without
+        locks, so sequence numbers carry on instead of starting again from zero."""
+        if not self.path.exists():
+            return
+        salvage = self._salvage(self.path)
+        floor = salvage.next_seq
+        wal = Path(f"{self.path}-wal")
+        if floor is None or (wal.exists() and wal.stat().st_size > 0):
+            # The newest numbers may be in a log we cannot replay here: jump past any of them.
+            floor = max(floor or 0, int(self._clock() * 1000))
+        with self._lock:
+            self._next_seq = max(self._next_seq, floor)
+        for name in _COUNTERS:
+            for p in Priority:
+                self._totals[name][p] = salvage.meta.get(_counter_key(name, p), 0)
+        self._corrupt_files = salvage.meta.get("corrupt_files", 0)
 
     def _close_connection(self) -> None:
         conn, self._conn = self._conn, None
@@ -1397,12 +1429,8 @@ class Outbox:
             raise
         for p, n in expired.items():
             self._counts[p] -= n
-            self._totals["expired"][p] += n
             total += n
-        for name in _COUNTERS:
-            for p, n in self._unsaved[name].items():
-                self._totals[name][p] += n
-            self._unsaved[name] = _zero()
+        self._fold_counters("expired", expired)
         if total:
             log.warning("outbox messages expired", extra={"expired": {p.label: n for p, n in expired.items() if n}})
         return total
