@@ -38,7 +38,9 @@ log = logging.getLogger("polewatch.agent.uplink")
 # client's own in-flight window is set to the same, so none wait inside paho.
 INFLIGHT = 20
 # Messages read from the outbox per visit to its writer thread.
-FETCH = 200
+FETCH = 1000
+# Acknowledgements handed to the outbox together (one hop to its writer thread per group).
+ACK_GROUP = 1024
 PUBLISH_TIMEOUT_S = 15.0
 
 
@@ -144,7 +146,7 @@ class Uplink:
             if cfg.tls.cert_file is not None:
                 tls_context.load_cert_chain(str(cfg.tls.cert_file), str(cfg.tls.key_file or cfg.tls.cert_file))
         will = aiomqtt.Will(topics.up(self.device_id, "presence"), will_payload, qos=1, retain=True)
-        return aiomqtt.Client(
+        client = aiomqtt.Client(
             cfg.host,
             cfg.port,
             username=cfg.username,
@@ -157,6 +159,9 @@ class Uplink:
             timeout=10,
             max_inflight_messages=self.inflight,
         )
+        # Our own window keeps `inflight` publishes waiting for their acks: not worth a warning each.
+        client.pending_calls_threshold = 2 * self.inflight + 10
+        return client
 
     async def run(self) -> None:
         """Stay connected and keep the outbox drained, until cancelled."""
@@ -215,91 +220,37 @@ class Uplink:
             log.info("down message received", extra={"topic": str(message.topic), "bytes": len(message.payload or b"")})
 
     async def _drain(self, client: aiomqtt.Client) -> None:
-        """Publish the backlog (paced, alerts first) and live messages (at once) with a window of
-        `inflight` unacknowledged publishes; an acknowledged message is removed from the outbox."""
+        """Publish the backlog (paced, alerts first) and live messages (at once) through `inflight`
+        workers, so up to that many publishes wait for their acknowledgement at any time; an
+        acknowledged message is removed from the outbox."""
         # Acknowledgements of the last session are committed first, so none of those is sent again.
         await self.outbox.flush_async()
-        mark = self.outbox.next_seq  # below: backlog to replay; from here on: live
-        replay_after = dict.fromkeys(Priority, -1)
-        live_after = dict.fromkeys(Priority, mark - 1)
-        replay: deque[Pending] = deque()
-        live: deque[Pending] = deque()
-        replay_done = False
-        bucket = TokenBucket(self.replay_rate)
-        window = asyncio.Semaphore(self.inflight)
-        tasks: set[asyncio.Task[None]] = set()
-        failure: list[BaseException] = []
-        started = time.monotonic()
-        replayed_at_start = self.replayed
+        picker = _Picker(self, mark=self.outbox.next_seq)
         self.replaying = True
         self._wake.set()
+        workers = [asyncio.create_task(self._worker(client, picker)) for _ in range(self.inflight)]
+        try:
+            done, _ = await asyncio.wait(workers, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                error = task.exception()
+                if error is not None:
+                    raise error
+        finally:
+            self.replaying = False
+            for task in workers:
+                task.cancel()
+            await asyncio.gather(*workers, return_exceptions=True)
+            picker.flush_acks()
 
-        async def send(pending: Pending, from_backlog: bool) -> None:
-            try:
-                await self._publish(client, pending)
-            except Exception as exc:  # the session is broken: end it, reconnect, send again
-                failure.append(exc)
-                self._wake.set()
-                return
-            finally:
-                window.release()
-            self.outbox.discard([pending])
+    async def _worker(self, client: aiomqtt.Client, picker: _Picker) -> None:
+        while True:
+            pending, from_backlog = await picker.next()
+            await client.publish(pending.topic, pending.payload, qos=1, retain=pending.retain,
+                                 timeout=PUBLISH_TIMEOUT_S)
+            picker.acknowledged(pending)
             self.published += 1
             if from_backlog:
                 self.replayed += 1
-
-        try:
-            while True:
-                if failure:
-                    raise failure[0]
-                if not live and self._wake.is_set():
-                    self._wake.clear()
-                    fetched = await self.outbox.take_async(FETCH, after=live_after, min_seq=mark)
-                    for p in fetched:
-                        live_after[p.priority] = max(live_after[p.priority], p.seq)
-                    live.extend(fetched)
-                if not live and not replay and not replay_done:
-                    fetched = await self.outbox.take_async(FETCH, after=replay_after, below_seq=mark)
-                    if not fetched:
-                        replay_done = True
-                        self.replaying = False
-                        log.info(
-                            "backlog replayed",
-                            extra={"messages": self.replayed - replayed_at_start,
-                                   "seconds": round(time.monotonic() - started, 2)},
-                        )
-                    for p in fetched:
-                        replay_after[p.priority] = max(replay_after[p.priority], p.seq)
-                    replay.extend(fetched)
-                if live:
-                    pending, from_backlog = live.popleft(), False
-                elif replay:
-                    wait = bucket.delay()
-                    if wait > 0:
-                        # Paced: sleep, but wake early for a live message.
-                        with contextlib.suppress(asyncio.TimeoutError, TimeoutError):
-                            await asyncio.wait_for(self._wake.wait(), timeout=wait)
-                        continue
-                    bucket.take()
-                    pending, from_backlog = replay.popleft(), True
-                else:
-                    with contextlib.suppress(asyncio.TimeoutError, TimeoutError):
-                        await asyncio.wait_for(self._wake.wait(), timeout=5.0)
-                    self._wake.set()  # after a timeout, look again anyway
-                    continue
-                await window.acquire()
-                task = asyncio.create_task(send(pending, from_backlog))
-                tasks.add(task)
-                task.add_done_callback(tasks.discard)
-        finally:
-            self.replaying = False
-            for task in list(tasks):
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-
-    @staticmethod
-    async def _publish(client: aiomqtt.Client, pending: Pending) -> None:
-        await client.publish(pending.topic, pending.payload, qos=1, retain=pending.retain, timeout=PUBLISH_TIMEOUT_S)
 
     async def say_goodbye(self) -> None:
         """On a clean stop, replace the will with an explicit offline presence (reason: shutdown)."""
@@ -314,3 +265,88 @@ class Uplink:
                 retain=True,
                 timeout=3,
             )
+
+
+class _Picker:
+    """Chooses the next message for the drain workers: live ones first, as they come; then the
+    backlog (sequence numbers below `mark`, what waited when the session began) in replay order,
+    paced by the token bucket. Reads the outbox a few hundred at a time, one reader at a time."""
+
+    def __init__(self, uplink: Uplink, mark: int) -> None:
+        self.uplink = uplink
+        self.outbox = uplink.outbox
+        self.mark = mark
+        self.live: deque[Pending] = deque()
+        self.backlog: deque[Pending] = deque()
+        self.live_after = dict.fromkeys(Priority, mark - 1)
+        self.backlog_after = dict.fromkeys(Priority, -1)
+        self.backlog_done = False
+        self.bucket = TokenBucket(uplink.replay_rate)
+        self.reading = asyncio.Lock()
+        self.pacing = asyncio.Lock()
+        self.acks: list[Pending] = []
+        self.started = time.monotonic()
+        self.replayed_before = uplink.replayed
+
+    def acknowledged(self, pending: Pending) -> None:
+        self.acks.append(pending)
+        if len(self.acks) >= ACK_GROUP:
+            self.flush_acks()
+
+    def flush_acks(self) -> None:
+        if self.acks:
+            self.outbox.discard(self.acks)
+            self.acks = []
+
+    async def next(self) -> tuple[Pending, bool]:
+        wake = self.uplink._wake
+        unpaced = self.bucket.rate is None
+        while True:
+            if self.live:
+                return self.live.popleft(), False
+            if unpaced and self.backlog and not wake.is_set():
+                return self.backlog.popleft(), True
+            if wake.is_set() or (not self.backlog and not self.backlog_done):
+                await self._read()
+                continue_reading = bool(self.live) or bool(self.backlog)
+                if continue_reading:
+                    continue
+            if self.backlog:
+                async with self.pacing:
+                    delay = self.bucket.delay()
+                    if delay <= 0 and self.backlog and not self.live:
+                        self.bucket.take()
+                        return self.backlog.popleft(), True
+                    if delay > 0:
+                        # Paced: sleep, but wake early for a live message.
+                        with contextlib.suppress(asyncio.TimeoutError, TimeoutError):
+                            await asyncio.wait_for(wake.wait(), timeout=delay)
+                continue
+            # Nothing to send: hand over the acknowledgements, wait for news (or look again in 5 s).
+            self.flush_acks()
+            with contextlib.suppress(asyncio.TimeoutError, TimeoutError):
+                await asyncio.wait_for(wake.wait(), timeout=5.0)
+            wake.set()
+
+    async def _read(self) -> None:
+        async with self.reading:
+            wake = self.uplink._wake
+            if not self.live and wake.is_set():
+                wake.clear()
+                fetched = await self.outbox.take_async(FETCH, after=self.live_after, min_seq=self.mark)
+                for p in fetched:
+                    self.live_after[p.priority] = max(self.live_after[p.priority], p.seq)
+                self.live.extend(fetched)
+            if not self.live and not self.backlog and not self.backlog_done:
+                fetched = await self.outbox.take_async(FETCH, after=self.backlog_after, below_seq=self.mark)
+                for p in fetched:
+                    self.backlog_after[p.priority] = max(self.backlog_after[p.priority], p.seq)
+                self.backlog.extend(fetched)
+                if not fetched:
+                    self.backlog_done = True
+                    self.uplink.replaying = False
+                    log.info(
+                        "backlog replayed",
+                        extra={"messages": self.uplink.replayed - self.replayed_before,
+                               "seconds": round(time.monotonic() - self.started, 2)},
+                    )
