@@ -678,61 +678,72 @@ class Outbox:
     # --- the writer thread ---------------------------------------------------------------------------
 
     def _run(self) -> None:
-        """Serve reads at once; gather writes for up to one commit window, commit them together."""
+        """The writer thread. It must outlive any bug in one step: producers wait on it."""
         while True:
             try:
-                command = self._queue.get(timeout=max(0.0, self._next_timer() - time.monotonic()))
-            except queue.Empty:
-                self._timers()
-                continue
-            writes: list[_Put | _Remove | _Flush] = []
-            calls: list[_Call] = []
-            stop: _Stop | None = None
-            rows = 0
-            batch_bytes = 0
-            due: float | None = None
-            while True:
-                if isinstance(command, _Read):
-                    self._answer(command.reply, command.fn)
-                elif isinstance(command, _Call):
-                    calls.append(command)
-                elif isinstance(command, _Stop):
-                    stop = command
-                elif isinstance(command, _Remove) and command.reply is None:
-                    # An acknowledgement: known at once (reads leave it out), deleted in a batch later.
-                    self._mark_removed(command.seqs)
-                else:
-                    writes.append(command)
-                    if isinstance(command, _Remove):
-                        self._mark_removed(command.seqs)
-                        self._delete_now = True
-                        due = time.monotonic()
-                    if isinstance(command, _Put):
-                        rows += len(command.rows)
-                        batch_bytes += sum(r.cost for r in command.rows)
-                    if isinstance(command, _Flush):
-                        self._delete_now = True
-                        due = time.monotonic()
-                    elif due is None:
-                        due = max(time.monotonic(), self._last_commit + self._window_s)
-                if stop or calls or rows >= MAX_BATCH_ROWS or batch_bytes >= self.limits.batch_bytes:
-                    break
-                try:
-                    if due is None:
-                        command = self._queue.get_nowait()
-                    else:
-                        command = self._queue.get(timeout=max(0.0, due - time.monotonic()))
-                except queue.Empty:
-                    break
-            if writes:
-                self._commit(writes)
-            for call in calls:
-                self._answer(call.reply, call.fn)
+                if self._step():
+                    return
+            except Exception:
+                log.exception("outbox writer step failed; carrying on")
+                time.sleep(0.1)
+
+    def _step(self) -> bool:
+        """Serve reads at once; gather writes for up to one commit window, commit them together.
+        True once stopped."""
+        try:
+            command = self._queue.get(timeout=max(0.0, self._next_timer() - time.monotonic()))
+        except queue.Empty:
             self._timers()
-            if stop is not None:
-                self._shutdown()
-                _settle([(stop.reply, None, None)])
-                return
+            return False
+        writes: list[_Put | _Remove | _Flush] = []
+        calls: list[_Call] = []
+        stop: _Stop | None = None
+        rows = 0
+        batch_bytes = 0
+        due: float | None = None
+        while True:
+            if isinstance(command, _Read):
+                self._answer(command.reply, command.fn)
+            elif isinstance(command, _Call):
+                calls.append(command)
+            elif isinstance(command, _Stop):
+                stop = command
+            elif isinstance(command, _Remove) and command.reply is None:
+                # An acknowledgement: known at once (reads leave it out), deleted in a batch later.
+                self._mark_removed(command.seqs)
+            else:
+                writes.append(command)
+                if isinstance(command, _Remove):
+                    self._mark_removed(command.seqs)
+                    self._delete_now = True
+                    due = time.monotonic()
+                if isinstance(command, _Put):
+                    rows += len(command.rows)
+                    batch_bytes += sum(r.cost for r in command.rows)
+                if isinstance(command, _Flush):
+                    self._delete_now = True
+                    due = time.monotonic()
+                elif due is None:
+                    due = max(time.monotonic(), self._last_commit + self._window_s)
+            if stop or calls or rows >= MAX_BATCH_ROWS or batch_bytes >= self.limits.batch_bytes:
+                break
+            try:
+                if due is None:
+                    command = self._queue.get_nowait()
+                else:
+                    command = self._queue.get(timeout=max(0.0, due - time.monotonic()))
+            except queue.Empty:
+                break
+        if writes:
+            self._commit(writes)
+        for call in calls:
+            self._answer(call.reply, call.fn)
+        self._timers()
+        if stop is not None:
+            self._shutdown()
+            _settle([(stop.reply, None, None)])
+            return True
+        return False
 
     def _answer(self, reply: _Reply, fn: Callable[[], Any]) -> None:
         try:
@@ -839,7 +850,8 @@ class Outbox:
         counts = dict(self._counts)
         evicted = _zero()
         statuses: dict[int, AcceptStatus] = {}
-        removing = dict(self._removing) if self._deletes_due() else {}
+        # Acknowledged rows go first when room is short: they must not be counted as evicted.
+        removing = dict(self._removing) if self._deletes_due() or self._short_of_room(conn, incoming) else {}
         # The next sequence number needs saving only when rows that carry it may be deleted, or for a
         # number used by no row (presence): otherwise the highest stored row says it (see _load).
         persist_seq = bool(removing) or not incoming or self._unsaved_seq
@@ -867,11 +879,11 @@ class Outbox:
         self._commits += 1
         self._counts = counts
         self._unsaved_seq = False
+        self._delete_now = False
         if removing:
             for seq in removing:
                 priority = self._removing.pop(seq, None)
                 self._removing_n[priority] = self._removing_n.get(priority, 1) - 1
-            self._delete_now = False
             self._removing_since = time.monotonic() if self._removing else None
         self._fold_counters("evicted", evicted)
         recovered = self._state != "ok"
@@ -912,6 +924,12 @@ class Outbox:
                     continue
             cursor = conn.executemany(f"DELETE FROM {table} WHERE seq = ?", keys)
             counts[p] -= max(0, cursor.rowcount)
+
+    def _short_of_room(self, conn: sqlite3.Connection, incoming: list[Pending]) -> bool:
+        if not self._removing or not incoming:
+            return False
+        need = int(sum(r.cost for r in incoming) * PAGE_SLACK)
+        return self._used_bytes(conn) + need > self.limits.data_budget
 
     def _used_bytes(self, conn: sqlite3.Connection) -> int:
         (pages,) = conn.execute("PRAGMA page_count").fetchone()
@@ -1403,8 +1421,13 @@ class Outbox:
 
     def _purge(self) -> int:
         """Delete, oldest first, the rows of each class older than its time-to-live."""
+        if self._conn is None or not any(self._ttl.values()):
+            return 0
+        if self._removing:  # delivered messages are not "expired": delete them first
+            self._delete_now = True
+            self._commit([])
         conn = self._conn
-        if conn is None or not any(self._ttl.values()):
+        if conn is None:
             return 0
         now = self._clock()
         total = 0

@@ -185,3 +185,19 @@ async def test_bytes_written_are_counted_and_reported(tmp_path: Path) -> None:
     status = box.status()
     assert status.write_bytes_total == box.bytes_written()
     box.close()
+
+
+async def test_delivered_messages_make_room_before_anything_is_evicted(tmp_path: Path) -> None:
+    """Acknowledged rows are deleted lazily (in batches); when room runs short they go first, and
+    are not reported as evicted: the server must not be told of losses that did not happen."""
+    box = open_outbox(tmp_path / "outbox.db", max_bytes=CAP)
+    for n in range(25):
+        await box.put_many([telemetry(20 * n + i) for i in range(20)])
+    assert box.status().evicted.telemetry == 0, "the telemetry alone fits"
+    box.discard(box.take(100_000))  # the broker acknowledged everything; no commit asked for
+    for n in range(30):
+        await box.put_many([alert(20 * n + i) for i in range(20)])
+    status = box.status()
+    assert status.evicted.telemetry == 0 and status.evicted.alert == 0
+    assert status.pending.alert == 600 and status.pending.telemetry == 0
+    box.close()
