@@ -45,6 +45,11 @@ def test_valid_config_resolves_relative_paths_from_its_folder(tmp_path: Path) ->
         (lambda c: c.update(detect={"fps": 0}), "detect.fps", "greater than 0"),
         (lambda c: c.update(detcet={"fps": 5}), "detcet", "Extra inputs are not permitted"),
         (lambda c: c["cameras"].append({"id": "cam1", "url": "x.mp4"}), "cameras", "repeated: cam1"),
+        (lambda c: c.update(outbox={"max_bytes": "100KiB"}), "outbox.max_bytes", "greater than or equal to 262144"),
+        (lambda c: c.update(outbox={"max_bytes": "lots"}), "outbox.max_bytes", "could not parse"),
+        (lambda c: c.update(outbox={"ttl_s": {"telemetry": -1}}), "outbox.ttl_s.telemetry", "greater than 0"),
+        (lambda c: c.update(outbox={"ttl_s": {"alerts": 60}}), "outbox.ttl_s.alerts", "Extra inputs"),
+        (lambda c: c.update(outbox={"replay_rate": 0}), "outbox.replay_rate", "greater than 0"),
     ],
 )
 def test_invalid_config_names_field_and_problem(tmp_path: Path, change: object, field: str, problem: str) -> None:
@@ -81,3 +86,13 @@ def test_check_config_shows_the_plan(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert "pole-17" in result.output and "broker.example:8883" in result.output
     assert "user:pw@" not in result.output and "user:***@" in result.output, "camera passwords are never shown"
+
+
+def test_outbox_section_takes_sizes_with_units_and_defaults_the_rest(tmp_path: Path) -> None:
+    data = yaml.safe_load(yaml.safe_dump(GOOD))
+    data["outbox"] = {"max_bytes": "64MiB", "ttl_s": {"telemetry": 259200}, "replay_rate": None}
+    cfg = load_config(_write(tmp_path, data))
+    assert cfg.outbox.max_bytes == 64 * 1024 * 1024
+    assert cfg.outbox.ttl_s.telemetry == 259200 and cfg.outbox.ttl_s.alert is None
+    assert cfg.outbox.replay_rate is None, "null: replay as fast as the broker acknowledges"
+    assert load_config(_write(tmp_path, GOOD)).outbox.replay_rate == 100.0
