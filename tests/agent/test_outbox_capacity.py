@@ -170,6 +170,7 @@ async def test_group_commit_answers_many_producers_with_few_fsyncs(tmp_path: Pat
 
 async def test_bytes_written_are_counted_and_reported(tmp_path: Path) -> None:
     box = open_outbox(tmp_path / "outbox.db")
+    assert box.status().write_bytes_per_hour is None, "no rate from a single sample"
     before = box.bytes_written()
     results = []
     for n in range(50):
@@ -180,10 +181,13 @@ async def test_bytes_written_are_counted_and_reported(tmp_path: Path) -> None:
     written = box.bytes_written() - before
     # Every payload reaches the disk at least once (log) and once more at the checkpoint; rows are
     # never rewritten, so the total stays within a small multiple.
-    print(f"payload={payload} written={written} ratio={written / payload:.2f}")
     assert payload <= written <= 8 * payload, (payload, written)
+    await asyncio.sleep(1.0)
     status = box.status()
     assert status.write_bytes_total == box.bytes_written()
+    # Everything was written within the last ~1.2 s: the hourly rate extrapolates it.
+    assert status.write_bytes_per_hour is not None
+    assert status.write_bytes_per_hour >= written * 3600 / 2.5
     box.close()
 
 

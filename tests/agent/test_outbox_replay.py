@@ -26,6 +26,7 @@ async def _until(predicate: Callable[[], bool], timeout: float, what: str) -> No
         await asyncio.sleep(0.02)
 
 
+@pytest.mark.slow  # paced on purpose: about 2 s per broker
 async def test_backlog_replays_alerts_first_oldest_first_at_the_configured_rate(
     broker: BrokerProcess, tmp_path: Path
 ) -> None:
@@ -54,6 +55,7 @@ async def test_backlog_replays_alerts_first_oldest_first_at_the_configured_rate(
     box.close()
 
 
+@pytest.mark.slow  # paced on purpose: about 3 s per broker
 async def test_live_messages_go_out_during_a_long_replay(broker: BrokerProcess, tmp_path: Path) -> None:
     box = open_outbox(tmp_path / "outbox.db")
     backlog = [a.id for a in await box.put_many([telemetry(n) for n in range(150)])]
