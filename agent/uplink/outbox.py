@@ -975,7 +975,8 @@ class Outbox:
                 if victim != Priority.ALERT:
                     need = max(need, chunk)  # give up a little more, so the next rows do not each evict
                 gone = self._evict_oldest(conn, victim, need)
-                counts[victim] -= gone
+                # Nothing there after all (the count was off): believe the table, not the count.
+                counts[victim] = counts[victim] - gone if gone else 0
                 evicted[victim] += gone
                 used = self._used_bytes(conn)
             if not fits:

@@ -29,7 +29,7 @@ import aiomqtt
 from polewatch.protocol import Presence, encode, topics
 
 from ..config import MqttConfig
-from .outbox import Outbox, Pending
+from .outbox import Outbox, OutboxError, Pending
 from .priority import Priority
 
 log = logging.getLogger("polewatch.agent.uplink")
@@ -97,6 +97,12 @@ class TokenBucket:
 
 
 class Uplink:
+    """The one MQTT session of the agent: presence, replay and live publishing from the outbox.
+
+    `replay_rate` (messages/s, None: unpaced) bounds only the backlog found at each connect; live
+    messages are never held back. `inflight` publishes at most wait for their acknowledgement.
+    """
+
     def __init__(
         self,
         config: MqttConfig,
@@ -240,7 +246,8 @@ class Uplink:
             for task in workers:
                 task.cancel()
             await asyncio.gather(*workers, return_exceptions=True)
-            picker.flush_acks()
+            with contextlib.suppress(OutboxError):  # closed on the way out: re-sent next start, deduplicated
+                picker.flush_acks()
 
     async def _worker(self, client: aiomqtt.Client, picker: _Picker) -> None:
         while True:
