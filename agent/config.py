@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import (
     BaseModel,
+    ByteSize,
     ConfigDict,
     Field,
     SecretStr,
@@ -426,12 +427,49 @@ class DetectConfig(_Strict):
     threads: int | None = Field(default=None, ge=1, le=16)
 
 
+class OutboxTtl(_Strict):
+    """Seconds a message of each class may wait before it is given up; null: until sent or evicted."""
+
+    telemetry: float | None = Field(default=None, gt=0)
+    snapshot: float | None = Field(default=None, gt=0)
+    health_event: float | None = Field(default=None, gt=0)
+    alert: float | None = Field(default=None, gt=0)
+
+
+# Smallest outbox worth having: room for a few thousand events besides the write-ahead log.
+MIN_OUTBOX_BYTES = 256 * 1024
+
+
+class OutboxConfig(_Strict):
+    """The on-disk outbox (docs/outbox.md): its hard size cap, time-to-live per class, replay pace."""
+
+    max_bytes: ByteSize = Field(
+        default=ByteSize(256 * 1024 * 1024),
+        ge=MIN_OUTBOX_BYTES,
+        description="Hard cap on the outbox files on disk: bytes, or a size such as '256MiB'.",
+    )
+    ttl_s: OutboxTtl = Field(default_factory=OutboxTtl)
+    replay_rate: float | None = Field(
+        default=100.0,
+        gt=0,
+        description="Messages per second sent from the backlog after a reconnect; null: as fast as the broker acks.",
+    )
+    group_commit_ms: float = Field(
+        default=20.0, ge=0, le=200, description="Longest wait to gather messages into one disk commit (fsync)."
+    )
+    memory_alerts: int = Field(
+        default=1000, ge=0, le=100_000, description="Alerts kept in RAM while the disk cannot be written."
+    )
+    compact_interval_s: float = Field(default=600.0, ge=10, description="How often to check for compaction.")
+
+
 class AgentConfig(_Strict):
     device_id: str = Field(pattern=DEVICE_ID_PATTERN)
     state_dir: Path = Field(description="Where the outbox and other state live (outside the release dir).")
     mqtt: MqttConfig
     cameras: list[CameraConfig] = Field(min_length=1)
     detect: DetectConfig = Field(default_factory=DetectConfig)
+    outbox: OutboxConfig = Field(default_factory=OutboxConfig)
     health_interval_s: float = Field(default=10.0, ge=1, le=3600)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import psutil
 
-from polewatch.protocol import CameraStatus, Health
+from polewatch.protocol import CameraStatus, Health, OutboxStatus
 
 from .capture.source import FrameSource
 
@@ -30,6 +30,12 @@ def soc_temperature() -> float | None:
     return max(readings) if readings else None
 
 
+def waiting(outbox: OutboxStatus) -> int:
+    """Messages waiting for the broker, on disk and in memory (the older `outbox_pending` field)."""
+    p = outbox.pending
+    return p.telemetry + p.snapshot + p.health_event + p.alert + outbox.held_in_memory
+
+
 class HealthProbe:
     def __init__(self, agent_version: str, state_dir: Path) -> None:
         self.agent_version = agent_version
@@ -44,7 +50,7 @@ class HealthProbe:
         *,
         inference_ms: float | None,
         detect_fps: float | None,
-        outbox_pending: int,
+        outbox: OutboxStatus,
     ) -> Health:
         disk = psutil.disk_usage(str(self.state_dir))
         memory = psutil.virtual_memory()
@@ -70,5 +76,6 @@ class HealthProbe:
             ],
             inference_ms=None if inference_ms is None else round(inference_ms, 2),
             detect_fps=None if detect_fps is None else round(detect_fps, 2),
-            outbox_pending=outbox_pending,
+            outbox_pending=waiting(outbox),
+            outbox=outbox,
         )

@@ -135,7 +135,7 @@ class Agent:
     def __init__(self, config: AgentConfig, *, detector: Detector | None = None) -> None:
         self.config = config
         config.state_dir.mkdir(parents=True, exist_ok=True)
-        self.outbox = Outbox(config.state_dir / "outbox.db", config.device_id)
+        self.outbox = Outbox(config.state_dir / "outbox.db", config.device_id, config=config.outbox)
         self.detector = detector or load_detector(
             config.detect.model,
             score_threshold=config.detect.score_threshold,
@@ -149,7 +149,13 @@ class Agent:
             if cam.health.enabled
         }
         self.rules = {cam.id: cam.rules for cam in config.cameras}
-        self.uplink = Uplink(config.mqtt, self.outbox, device_id=config.device_id, agent_version=__version__)
+        self.uplink = Uplink(
+            config.mqtt,
+            self.outbox,
+            device_id=config.device_id,
+            agent_version=__version__,
+            replay_rate=config.outbox.replay_rate,
+        )
         self.health = HealthProbe(__version__, config.state_dir)
         self.detect_rate = RateMeter()
         self._health_since: dict[tuple[str, str], datetime] = {}  # (camera, condition) -> since sent
@@ -254,7 +260,7 @@ class Agent:
             body = camera_health_body(change, since)
             if change.phase == "start":
                 self._health_since[key] = body.since
-            message = await asyncio.to_thread(self.outbox.add, body)
+            message = await self.outbox.put(body)
             log.debug(
                 "camera health accepted",
                 extra={"message_id": message.id, "seq": message.seq, "camera": change.camera_id,
@@ -268,28 +274,32 @@ class Agent:
             return
         width, height = source.width or 1, source.height or 1
         frame_time = datetime.fromtimestamp(frame.wall_time if frame else time.time(), timezone.utc)
-        for phase, tracks in (("start", started), ("end", ended)):
-            for track in tracks:
-                body = Detection(
-                    event_id=track.id,
-                    phase="start" if phase == "start" else "end",
-                    camera_id=source.camera_id,
-                    label=track.label,
-                    score=round(track.best_score, 4),
-                    box=_box(track.box, width, height),
-                    frame_time=frame_time,
-                    frame_width=width,
-                    frame_height=height,
-                )
-                message = await asyncio.to_thread(self.outbox.add, body)
-                self.events_accepted += 1
+        bodies = [
+            Detection(
+                event_id=track.id,
+                phase="start" if phase == "start" else "end",
+                camera_id=source.camera_id,
+                label=track.label,
+                score=round(track.best_score, 4),
+                box=_box(track.box, width, height),
+                frame_time=frame_time,
+                frame_width=width,
+                frame_height=height,
+            )
+            for phase, tracks in (("start", started), ("end", ended))
+            for track in tracks
+        ]
+        # One call, one commit for everything this frame produced.
+        for accepted, body in zip(await self.outbox.put_many(bodies), bodies, strict=True):
+            self.events_accepted += 1
+            fields = {"message_id": accepted.id, "seq": accepted.seq, "event_id": body.event_id,
+                      "phase": body.phase, "label": body.label}
+            if accepted.durable:
                 # Logged after the commit: a test's ledger of what the agent promised to deliver.
-                log.debug(
-                    "detection accepted",
-                    extra={"message_id": message.id, "seq": message.seq, "event_id": track.id,
-                           "phase": phase, "label": track.label},
-                )
-        self.uplink.notify()
+                log.debug("detection accepted", extra=fields)
+            else:
+                log.warning("detection not on disk", extra={**fields, "status": accepted.status,
+                                                            "storage": self.outbox.storage_state})
 
     async def _run_rules(
         self,
@@ -315,7 +325,7 @@ class Agent:
         frame_time = datetime.fromtimestamp(frame.wall_time if frame else time.time(), timezone.utc)
         for hit in hits:
             body = rule_event(source.camera_id, hit, width, height, frame_time, counts_since)
-            message = await asyncio.to_thread(self.outbox.add, body)
+            message = await self.outbox.put(body)
             self.rule_events_accepted += 1
             log.debug(
                 "rule event accepted",
@@ -331,8 +341,7 @@ class Agent:
                 self.sources,
                 inference_ms=self.detector.mean_inference_ms,
                 detect_fps=self.detect_rate.rate(now),
-                outbox_pending=await asyncio.to_thread(self.outbox.pending_count),
+                outbox=await asyncio.to_thread(self.outbox.status),
             )
-            await asyncio.to_thread(self.outbox.add, body)
-            self.uplink.notify()
+            await self.outbox.put(body)
             await asyncio.sleep(self.config.health_interval_s)

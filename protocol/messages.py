@@ -68,6 +68,52 @@ class CameraStatus(Body):
     height: int | None = None
 
 
+class PriorityCounts(Body):
+    """A count per outbox priority class (see docs/outbox.md), in eviction order."""
+
+    telemetry: int = Field(default=0, ge=0, description="Periodic health reports.")
+    snapshot: int = Field(default=0, ge=0, description="Pictures sent with or after an event.")
+    health_event: int = Field(default=0, ge=0, description="Camera-health and box state changes.")
+    alert: int = Field(default=0, ge=0, description="Detections and other events an operator acts on.")
+
+
+class OutboxStatus(Body):
+    """The on-disk outbox of the box: what waits, what was given up, how hard the disk is worked.
+
+    The drop counters are cumulative since `counters_since` and survive restarts, so the first report
+    after a long outage still tells the server what the outage cost (a health report made during the
+    outage may itself have been evicted).
+    """
+
+    storage: Literal["ok", "disk_full", "read_only", "unavailable"] = Field(
+        default="ok", description="'ok', or why messages cannot be written to disk right now."
+    )
+    pending: PriorityCounts = Field(default_factory=PriorityCounts, description="Messages waiting, per class.")
+    held_in_memory: int = Field(
+        default=0, ge=0, description="Messages kept in RAM only because the disk cannot be written."
+    )
+    disk_bytes: int = Field(default=0, ge=0, description="Bytes the outbox files take on disk now.")
+    max_bytes: int = Field(default=0, ge=0, description="The configured hard cap on disk_bytes.")
+    evicted: PriorityCounts = Field(
+        default_factory=PriorityCounts, description="Given up to stay under max_bytes (cumulative)."
+    )
+    expired: PriorityCounts = Field(
+        default_factory=PriorityCounts, description="Given up when older than the class's time-to-live."
+    )
+    dropped: PriorityCounts = Field(
+        default_factory=PriorityCounts, description="Lost because the disk could not be written (cumulative)."
+    )
+    corrupt_files: int = Field(default=0, ge=0, description="Damaged outbox files moved aside (cumulative).")
+    counters_since: AwareDatetime | None = Field(default=None, description="When the cumulative counters started.")
+    write_bytes_total: int = Field(
+        default=0, ge=0, description="Bytes the outbox wrote to disk since the agent started."
+    )
+    write_bytes_per_hour: float | None = Field(
+        default=None, ge=0, description="Recent disk write rate of the outbox (SD-card wear)."
+    )
+    last_error: str | None = Field(default=None, description="The last storage error, while storage is not ok.")
+
+
 class Health(Body):
     """Periodic health of the box, its cameras and its detector."""
 
@@ -83,6 +129,7 @@ class Health(Body):
     inference_ms: float | None = Field(default=None, ge=0, description="Mean detector time per frame.")
     detect_fps: float | None = Field(default=None, ge=0, description="Frames per second run through detection.")
     outbox_pending: int = Field(default=0, ge=0, description="Messages on disk waiting for the broker.")
+    outbox: OutboxStatus | None = Field(default=None, description="Details of the outbox; older agents leave it out.")
 
 
 class Box(Body):

@@ -3,8 +3,13 @@
 The broker is the only way out of the pole, and it will go away (a fibre cut, a broker restart), so
 this loop never gives up: it reconnects with exponential backoff and jitter, announces itself with a
 retained `online` presence, leaves a retained `offline` will with the broker, and publishes the
-outbox oldest first at QoS 1, deleting a row only once the broker acknowledged it. After a crash
-anywhere in between, the worst case is a duplicate, which the server drops by message id.
+outbox at QoS 1, deleting a message only once the broker acknowledged it. After a crash anywhere in
+between, the worst case is a duplicate, which the server drops by message id.
+
+After a reconnect, what waited in the outbox (the backlog) is replayed alerts first, oldest first
+within a class, paced by a token bucket (`outbox.replay_rate`) so a pole coming back does not flood
+its link or the broker; messages made after the reconnect (live) go out as they come, ahead of the
+backlog, so a long replay never holds back what is happening now.
 """
 
 from __future__ import annotations
@@ -14,6 +19,8 @@ import contextlib
 import logging
 import random
 import ssl
+import time
+from collections import deque
 from collections.abc import Coroutine
 from typing import Any
 
@@ -22,12 +29,18 @@ import aiomqtt
 from polewatch.protocol import Presence, encode, topics
 
 from ..config import MqttConfig
-from .outbox import Outbox, Pending
+from .outbox import Outbox, OutboxError, Pending
+from .priority import Priority
 
 log = logging.getLogger("polewatch.agent.uplink")
 
-# How many messages are in flight to the broker at once; paho's own in-flight window is 20.
-BATCH = 20
+# How many messages are in flight to the broker at once (unacknowledged QoS 1 publishes); the
+# client's own in-flight window is set to the same, so none wait inside paho.
+INFLIGHT = 20
+# Messages read from the outbox per visit to its writer thread.
+FETCH = 1000
+# Acknowledgements handed to the outbox together (one hop to its writer thread per group).
+ACK_GROUP = 1024
 PUBLISH_TIMEOUT_S = 15.0
 
 
@@ -60,41 +73,86 @@ async def _first_failure(*coroutines: Coroutine[Any, Any, None]) -> None:
     raise aiomqtt.MqttError("the MQTT session ended")
 
 
+class TokenBucket:
+    """Paces the replay: on average `rate` messages per second, at most `burst` at once."""
+
+    def __init__(self, rate: float | None, burst: float | None = None) -> None:
+        self.rate = rate
+        self.burst = burst if burst is not None else (max(1.0, rate / 10.0) if rate else 1.0)
+        self._tokens = self.burst
+        self._stamp = time.monotonic()
+
+    def delay(self) -> float:
+        """Seconds until one token is available (0: take it now with `take`)."""
+        if self.rate is None:
+            return 0.0
+        now = time.monotonic()
+        self._tokens = min(self.burst, self._tokens + (now - self._stamp) * self.rate)
+        self._stamp = now
+        return 0.0 if self._tokens >= 1.0 else (1.0 - self._tokens) / self.rate
+
+    def take(self) -> None:
+        if self.rate is not None:
+            self._tokens -= 1.0
+
+
 class Uplink:
-    def __init__(self, config: MqttConfig, outbox: Outbox, *, device_id: str, agent_version: str) -> None:
+    """The one MQTT session of the agent: presence, replay and live publishing from the outbox.
+
+    `replay_rate` (messages/s, None: unpaced) bounds only the backlog found at each connect; live
+    messages are never held back. `inflight` publishes at most wait for their acknowledgement.
+    """
+
+    def __init__(
+        self,
+        config: MqttConfig,
+        outbox: Outbox,
+        *,
+        device_id: str,
+        agent_version: str,
+        replay_rate: float | None = None,
+        inflight: int = INFLIGHT,
+    ) -> None:
         self.config = config
         self.outbox = outbox
         self.device_id = device_id
         self.agent_version = agent_version
+        self.replay_rate = replay_rate
+        self.inflight = inflight
         self.connected = False
         self.published = 0
+        self.replayed = 0
         self.reconnects = 0
+        self.replaying = False
         self._wake = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._client: aiomqtt.Client | None = None
 
     def notify(self) -> None:
-        """Tell the drain loop that the outbox has something new."""
+        """Tell the drain loop that the outbox has something new (the outbox also says so itself)."""
         self._wake.set()
+
+    def _on_commit(self) -> None:
+        # Called from the outbox's writer thread.
+        loop = self._loop
+        if loop is not None:
+            with contextlib.suppress(RuntimeError):  # the loop is closing
+                loop.call_soon_threadsafe(self._wake.set)
 
     def _presence(self, state: str, reason: str) -> bytes:
         body = Presence(state="online" if state == "online" else "offline", agent_version=self.agent_version,
                         reason=reason)
         return encode(self.outbox.stamp(body))
 
-    def _client_for_session(self) -> aiomqtt.Client:
+    def _client_for_session(self, will_payload: bytes) -> aiomqtt.Client:
         cfg = self.config
         tls_context = None
         if cfg.tls is not None:
             tls_context = ssl.create_default_context(cafile=str(cfg.tls.ca_file))
             if cfg.tls.cert_file is not None:
                 tls_context.load_cert_chain(str(cfg.tls.cert_file), str(cfg.tls.key_file or cfg.tls.cert_file))
-        will = aiomqtt.Will(
-            topics.up(self.device_id, "presence"),
-            self._presence("offline", "connection lost"),
-            qos=1,
-            retain=True,
-        )
-        return aiomqtt.Client(
+        will = aiomqtt.Will(topics.up(self.device_id, "presence"), will_payload, qos=1, retain=True)
+        client = aiomqtt.Client(
             cfg.host,
             cfg.port,
             username=cfg.username,
@@ -105,16 +163,34 @@ class Uplink:
             will=will,
             tls_context=tls_context,
             timeout=10,
+            max_inflight_messages=self.inflight,
         )
+        # Our own window keeps `inflight` publishes waiting for their acks: not worth a warning each.
+        client.pending_calls_threshold = 2 * self.inflight + 10
+        return client
 
     async def run(self) -> None:
         """Stay connected and keep the outbox drained, until cancelled."""
+        self._loop = asyncio.get_running_loop()
+        self.outbox.add_listener(self._on_commit)
+        try:
+            await self._run()
+        finally:
+            self.outbox.remove_listener(self._on_commit)
+
+    async def _run(self) -> None:
         delays = backoff_delays(ceiling=self.config.reconnect_max_s)
         attempt = 0
+        will_payload: bytes | None = None
         while True:
             delay = 0.0
             try:
-                async with self._client_for_session() as client:
+                # One will per session: failed attempts never publish it, so they reuse it (no new
+                # sequence number, no disk write, per attempt during a long outage).
+                if will_payload is None:
+                    will_payload = await asyncio.to_thread(self._presence, "offline", "connection lost")
+                async with self._client_for_session(will_payload) as client:
+                    will_payload = None
                     self._client = client
                     self.connected = True
                     attempt = 0
@@ -139,6 +215,7 @@ class Uplink:
             finally:
                 self._client = None
                 self.connected = False
+                self.replaying = False
             await asyncio.sleep(delay)
 
     async def _listen(self, client: aiomqtt.Client) -> None:
@@ -149,26 +226,38 @@ class Uplink:
             log.info("down message received", extra={"topic": str(message.topic), "bytes": len(message.payload or b"")})
 
     async def _drain(self, client: aiomqtt.Client) -> None:
-        while True:
-            batch = await asyncio.to_thread(self.outbox.peek, BATCH)
-            if not batch:
-                self._wake.clear()
-                # Re-check after clearing, so a message added in between is not left waiting.
-                if await asyncio.to_thread(self.outbox.pending_count) == 0:
-                    with contextlib.suppress(TimeoutError, asyncio.TimeoutError):
-                        await asyncio.wait_for(self._wake.wait(), timeout=5.0)
-                continue
-            results = await asyncio.gather(*(self._publish(client, p) for p in batch), return_exceptions=True)
-            acked = [p.row_id for p, r in zip(batch, results, strict=True) if r is None]
-            await asyncio.to_thread(self.outbox.remove, acked)
-            self.published += len(acked)
-            for result in results:
-                if isinstance(result, BaseException):
-                    raise result
+        """Publish the backlog (paced, alerts first) and live messages (at once) through `inflight`
+        workers, so up to that many publishes wait for their acknowledgement at any time; an
+        acknowledged message is removed from the outbox."""
+        # Acknowledgements of the last session are committed first, so none of those is sent again.
+        await self.outbox.flush_async()
+        picker = _Picker(self, mark=self.outbox.next_seq)
+        self.replaying = True
+        self._wake.set()
+        workers = [asyncio.create_task(self._worker(client, picker)) for _ in range(self.inflight)]
+        try:
+            done, _ = await asyncio.wait(workers, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                error = task.exception()
+                if error is not None:
+                    raise error
+        finally:
+            self.replaying = False
+            for task in workers:
+                task.cancel()
+            await asyncio.gather(*workers, return_exceptions=True)
+            with contextlib.suppress(OutboxError):  # closed on the way out: re-sent next start, deduplicated
+                picker.flush_acks()
 
-    @staticmethod
-    async def _publish(client: aiomqtt.Client, pending: Pending) -> None:
-        await client.publish(pending.topic, pending.payload, qos=1, retain=pending.retain, timeout=PUBLISH_TIMEOUT_S)
+    async def _worker(self, client: aiomqtt.Client, picker: _Picker) -> None:
+        while True:
+            pending, from_backlog = await picker.next()
+            await client.publish(pending.topic, pending.payload, qos=1, retain=pending.retain,
+                                 timeout=PUBLISH_TIMEOUT_S)
+            picker.acknowledged(pending)
+            self.published += 1
+            if from_backlog:
+                self.replayed += 1
 
     async def say_goodbye(self) -> None:
         """On a clean stop, replace the will with an explicit offline presence (reason: shutdown)."""
@@ -178,8 +267,93 @@ class Uplink:
         with contextlib.suppress(aiomqtt.MqttError, asyncio.TimeoutError, TimeoutError):
             await client.publish(
                 topics.up(self.device_id, "presence"),
-                self._presence("offline", "shutdown"),
+                await asyncio.to_thread(self._presence, "offline", "shutdown"),
                 qos=1,
                 retain=True,
                 timeout=3,
             )
+
+
+class _Picker:
+    """Chooses the next message for the drain workers: live ones first, as they come; then the
+    backlog (sequence numbers below `mark`, what waited when the session began) in replay order,
+    paced by the token bucket. Reads the outbox a few hundred at a time, one reader at a time."""
+
+    def __init__(self, uplink: Uplink, mark: int) -> None:
+        self.uplink = uplink
+        self.outbox = uplink.outbox
+        self.mark = mark
+        self.live: deque[Pending] = deque()
+        self.backlog: deque[Pending] = deque()
+        self.live_after = dict.fromkeys(Priority, mark - 1)
+        self.backlog_after = dict.fromkeys(Priority, -1)
+        self.backlog_done = False
+        self.bucket = TokenBucket(uplink.replay_rate)
+        self.reading = asyncio.Lock()
+        self.pacing = asyncio.Lock()
+        self.acks: list[Pending] = []
+        self.started = time.monotonic()
+        self.replayed_before = uplink.replayed
+
+    def acknowledged(self, pending: Pending) -> None:
+        self.acks.append(pending)
+        if len(self.acks) >= ACK_GROUP:
+            self.flush_acks()
+
+    def flush_acks(self) -> None:
+        if self.acks:
+            self.outbox.discard(self.acks)
+            self.acks = []
+
+    async def next(self) -> tuple[Pending, bool]:
+        wake = self.uplink._wake
+        unpaced = self.bucket.rate is None
+        while True:
+            if self.live:
+                return self.live.popleft(), False
+            if unpaced and self.backlog and not wake.is_set():
+                return self.backlog.popleft(), True
+            if wake.is_set() or (not self.backlog and not self.backlog_done):
+                await self._read()
+                continue_reading = bool(self.live) or bool(self.backlog)
+                if continue_reading:
+                    continue
+            if self.backlog:
+                async with self.pacing:
+                    delay = self.bucket.delay()
+                    if delay <= 0 and self.backlog and not self.live:
+                        self.bucket.take()
+                        return self.backlog.popleft(), True
+                    if delay > 0:
+                        # Paced: sleep, but wake early for a live message.
+                        with contextlib.suppress(asyncio.TimeoutError, TimeoutError):
+                            await asyncio.wait_for(wake.wait(), timeout=delay)
+                continue
+            # Nothing to send: hand over the acknowledgements, wait for news (or look again in 5 s).
+            self.flush_acks()
+            with contextlib.suppress(asyncio.TimeoutError, TimeoutError):
+                await asyncio.wait_for(wake.wait(), timeout=5.0)
+            wake.set()
+
+    async def _read(self) -> None:
+        async with self.reading:
+            wake = self.uplink._wake
+            if not self.live and wake.is_set():
+                wake.clear()
+                fetched = await self.outbox.take_async(FETCH, after=self.live_after, min_seq=self.mark)
+                for p in fetched:
+                    self.live_after[p.priority] = max(self.live_after[p.priority], p.seq)
+                self.live.extend(fetched)
+            if not self.live and not self.backlog and not self.backlog_done:
+                fetched = await self.outbox.take_async(FETCH, after=self.backlog_after, below_seq=self.mark)
+                for p in fetched:
+                    self.backlog_after[p.priority] = max(self.backlog_after[p.priority], p.seq)
+                self.backlog.extend(fetched)
+                if not fetched:
+                    self.backlog_done = True
+                    self.uplink.replaying = False
+                    log.info(
+                        "backlog replayed",
+                        extra={"messages": self.uplink.replayed - self.replayed_before,
+                               "seconds": round(time.monotonic() - self.started, 2)},
+                    )

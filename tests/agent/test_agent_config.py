@@ -61,6 +61,11 @@ def test_valid_config_resolves_relative_paths_from_its_folder(tmp_path: Path) ->
             "cameras.0.health.frozen.start_after_s",
             "greater than or equal to 0",
         ),
+        (lambda c: c.update(outbox={"max_bytes": "100KiB"}), "outbox.max_bytes", "greater than or equal to 262144"),
+        (lambda c: c.update(outbox={"max_bytes": "lots"}), "outbox.max_bytes", "could not parse"),
+        (lambda c: c.update(outbox={"ttl_s": {"telemetry": -1}}), "outbox.ttl_s.telemetry", "greater than 0"),
+        (lambda c: c.update(outbox={"ttl_s": {"alerts": 60}}), "outbox.ttl_s.alerts", "Extra inputs"),
+        (lambda c: c.update(outbox={"replay_rate": 0}), "outbox.replay_rate", "greater than 0"),
     ],
 )
 def test_invalid_config_names_field_and_problem(tmp_path: Path, change: object, field: str, problem: str) -> None:
@@ -112,3 +117,13 @@ def test_camera_health_has_defaults_per_camera_and_a_reference_beside_the_config
     assert first.health.shifted.enabled and first.health.low_fps.expected_fps is None
     assert not second.health.shifted.enabled
     assert second.health.covered.start_after_s == 30.0 and second.health.covered.dark_mean_max == 20.0
+
+
+def test_outbox_section_takes_sizes_with_units_and_defaults_the_rest(tmp_path: Path) -> None:
+    data = yaml.safe_load(yaml.safe_dump(GOOD))
+    data["outbox"] = {"max_bytes": "64MiB", "ttl_s": {"telemetry": 259200}, "replay_rate": None}
+    cfg = load_config(_write(tmp_path, data))
+    assert cfg.outbox.max_bytes == 64 * 1024 * 1024
+    assert cfg.outbox.ttl_s.telemetry == 259200 and cfg.outbox.ttl_s.alert is None
+    assert cfg.outbox.replay_rate is None, "null: replay as fast as the broker acknowledges"
+    assert load_config(_write(tmp_path, GOOD)).outbox.replay_rate == 100.0

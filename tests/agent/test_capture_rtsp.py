@@ -198,12 +198,18 @@ def test_wrong_password_is_refused_and_never_logged(
 
     assert right.latest(timeout=CONNECT_S) is not None
     assert right.connected
+
+    def retries() -> list[logging.LogRecord]:
+        return [
+            r
+            for r in caplog.records
+            if r.getMessage() == RETRY_MESSAGE and getattr(r, "camera", None) == wrong.camera_id
+        ]
+
+    # On a loaded machine one refused attempt can take seconds: wait for the second, boundedly.
+    wait_for(lambda: len(retries()) >= 2, 2 * CONNECT_S, "two refused attempts of the wrong password")
     assert not wrong.connected
     assert wrong.frames_read == 0
-    retries = [
-        r for r in caplog.records if r.getMessage() == RETRY_MESSAGE and getattr(r, "camera", None) == wrong.camera_id
-    ]
-    assert len(retries) >= 2
     for record in caplog.records:
         assert "wrong-password" not in str(record.__dict__)
         assert "right-password" not in str(record.__dict__)

@@ -10,6 +10,7 @@ import pytest
 
 from polewatch import protocol
 from polewatch.protocol import (
+    Body,
     Box,
     CameraHealth,
     CameraHealthMessage,
@@ -17,7 +18,9 @@ from polewatch.protocol import (
     Health,
     LineCounts,
     MessageError,
+    OutboxStatus,
     Presence,
+    PriorityCounts,
     RuleEvent,
     RuleEventMessage,
     build,
@@ -244,6 +247,42 @@ def test_rule_event_bodies_are_consistent(overrides: dict[str, object], problem:
     with pytest.raises(ValueError, match=problem):
         _rule_event(**overrides)
     _rule_event(rule_type="left_behind", event="left_behind_start", direction=None, counts=None, dwell_s=31.5)
+
+
+def _health(**extra: object) -> Health:
+    return Health(agent_version="0.1.0", uptime_s=1, cpu_percent=1, memory_percent=1, memory_rss_bytes=1,
+                  disk_percent=1, disk_free_bytes=1, outbox_pending=3, **extra)
+
+
+def test_outbox_details_in_health_are_optional_both_ways() -> None:
+    """New outbox fields must not break an older peer in either direction."""
+    # An older agent sends no `outbox`: a newer server reads it, with the defaults.
+    raw = json.loads(encode(build(_health(), device_id="pole-1", seq=1)))
+    del raw["body"]["outbox"]
+    old = decode(json.dumps(raw))
+    assert isinstance(old.body, Health) and old.body.outbox is None and old.body.outbox_pending == 3
+
+    # A newer agent sends it: it survives the wire whole...
+    status = OutboxStatus(
+        storage="disk_full",
+        pending=PriorityCounts(alert=5),
+        evicted=PriorityCounts(telemetry=340),
+        dropped=PriorityCounts(telemetry=2),
+        corrupt_files=1,
+        write_bytes_per_hour=1.5e6,
+    )
+    raw = json.loads(encode(build(_health(outbox=status), device_id="pole-1", seq=2)))
+    new = decode(json.dumps(raw))
+    assert isinstance(new.body, Health) and new.body.outbox == status
+
+    # ...and a receiver that knows only the older fields (as an older server) still validates it.
+    class OlderHealth(Body):
+        agent_version: str
+        outbox_pending: int = 0
+
+    assert OlderHealth.model_validate(raw["body"]).outbox_pending == 3
+    raw["body"]["outbox"]["fields_of_a_later_version"] = True
+    assert isinstance(decode(json.dumps(raw)).body, Health)
 
 
 def test_checked_in_json_schema_is_current() -> None:
