@@ -126,8 +126,9 @@ def test_bad_input_is_refused_clearly_and_uses_up_nothing(tmp_path: Path) -> Non
 def test_unknown_priority_class_and_kind_are_named_in_the_error() -> None:
     with pytest.raises(ValueError, match=r"'snapshots'.*telemetry, snapshot, health_event, alert"):
         by_label("snapshots")
-    with pytest.raises(ValueError, match="'camera_health' has no outbox priority class"):
-        priority_of("camera_health")
+    with pytest.raises(ValueError, match="'snapshot_jpeg' has no outbox priority class"):
+        priority_of("snapshot_jpeg")
+    assert priority_of("camera_health").label == "health_event" and priority_of("rule_event").label == "alert"
     with pytest.raises(ConfigError, match=r"outbox\.ttl_s\.alerts"):
         parse_config({"device_id": "pole-1", "state_dir": "/tmp/x", "mqtt": {"host": "h"},
                       "cameras": [{"id": "c", "url": "rtsp://h/"}], "outbox": {"ttl_s": {"alerts": 60}}})
