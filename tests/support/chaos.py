@@ -124,8 +124,14 @@ class Tally:
             f"CHAOS {self.scenario} sent={self.sent} stored={self.stored} evicted={self.evicted} "
             f"waiting={self.waiting} lost={len(self.lost)} dup={self.dup} seqs_received={d.get('received')} "
             f"seqs_given_up={d.get('given_up')} seqs_in_flight={d.get('in_flight')} "
-            f"unexplained_gaps={len(self.unexplained_gaps)}"
+            f"unexplained_gaps={len(self.unexplained_gaps)} given_up_by_class={_compact(d.get('given_up_by_class'))}"
         )
+
+
+def _compact(by_class: Any) -> str:
+    if not by_class:
+        return "-"
+    return ",".join(f"{c}.{r}:{n}" for c, reasons in sorted(by_class.items()) for r, n in sorted(reasons.items()))
 
 
 def settled(accepted: dict[str, int], db: Path, device: str) -> bool:
