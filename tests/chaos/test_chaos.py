@@ -121,25 +121,45 @@ def test_broker_killed_and_restarted_many_times(stack: Stack, rng: random.Random
     assert len(lost_links) >= kills, "the agent noticed every broker death"
 
 
+def _kill_and_restart(stack: Stack, agent: Child) -> None:
+    assert agent.proc is not None
+    agent.proc.send_signal(signal.SIGKILL)
+    agent.proc.wait(10)
+    agent.stop()  # closes its log handle
+    agent.start()
+
+
 def test_agent_killed_with_sigkill_at_random_points(stack: Stack, rng: random.Random) -> None:
-    agent = stack.start_agent()
+    # A slow replay (5 messages/s) so that one kill lands in the middle of replaying a backlog.
+    agent = stack.start_agent(outbox={"replay_rate": 5})
     stack.wait_flowing()
     kills = 4
     for _ in range(kills):
         # At a random moment: often mid-batch (a frame's detections are one commit) or mid-publish.
         time.sleep(rng.uniform(0.5, 3.0))
-        assert agent.proc is not None
-        agent.proc.send_signal(signal.SIGKILL)
-        agent.proc.wait(10)
-        agent.stop()  # closes its log handle
-        agent.start()
+        _kill_and_restart(stack, agent)
         before = len(stack.accepted())
         wait_until(lambda b=before: len(stack.accepted()) > b, 90, "detections after the restart", stack.children())
+    # A backlog, then a kill while it is being replayed: acknowledged but not yet deleted messages
+    # are sent again, and must not become second rows.
+    stack.broker.kill()
+    time.sleep(8)
+    connects = len([r for r in log_records(stack.log) if r.get("message") == "connected to broker"])
+    stack.broker.start()
+    wait_until(lambda: len([r for r in log_records(stack.log) if r.get("message") == "connected to broker"])
+               > connects, 60, "the agent back on the broker", stack.children())
+    time.sleep(rng.uniform(0.5, 2.0))
+    _kill_and_restart(stack, agent)
+    records = [r.get("message") for r in log_records(stack.log)]
+    last_connect = max(i for i, m in enumerate(records) if m == "connected to broker")
+    last_start = max(i for i, m in enumerate(records) if m == "agent started")
+    replaying = "backlog replayed" not in records[last_connect:last_start]
     stack.wait_settled()
     result = stack.finish("agent_sigkill")
     _assert_nothing_lost(result)
     starts = [r for r in log_records(stack.log) if r.get("message") == "agent started"]
-    assert len(starts) == kills + 1
+    assert len(starts) == kills + 2
+    print(f"killed while replaying the backlog: {replaying}")
 
 
 def test_network_blackholed_for_longer_than_the_keepalive(stack: Stack, rng: random.Random) -> None:
