@@ -252,11 +252,12 @@ class GivenUpRange(Body):
     priority: Literal["telemetry", "snapshot", "health_event", "alert"] | None = Field(
         default=None, description="The outbox class of the messages; null when unknown (outbox_replaced)."
     )
-    reason: Literal["evicted", "expired", "dropped", "not_queued", "outbox_replaced"] = Field(
+    reason: Literal["evicted", "expired", "dropped", "not_queued", "outbox_replaced", "skipped"] = Field(
         description="evicted: to stay under the outbox cap; expired: past the class's time-to-live; dropped: the "
         "disk could not be written; not_queued: a presence message, published once and never resent (a "
         "connection's last will may never be used); outbox_replaced: a damaged outbox file was moved aside, with "
-        "whatever still waited in it."
+        "whatever still waited in it; skipped: numbers passed over after the agent stopped without closing its "
+        "outbox (messages that had them were held in memory only, or were never made)."
     )
 
     @model_validator(mode="after")

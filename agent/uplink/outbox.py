@@ -313,6 +313,11 @@ CREATE TABLE IF NOT EXISTS given_up (
 )"""
 # Ranges per given_up message (the wire contract allows up to 1000).
 REPORT_RANGES = 500
+# Sequence numbers reserved on disk ahead of use. A message held in memory (disk unwritable) is sent
+# only if its number is below the reservation, and a run that did not close its outbox makes the
+# next one start past the reservation: so a number that went out from memory is never handed out
+# again after a crash. Renewed when half used: one meta row every 512 messages.
+SEQ_RESERVE = 1024
 # (sequence number, class or None when unknown, reason) of one message given up.
 _GivenUp = tuple[int, "Priority | None", str]
 
@@ -414,6 +419,8 @@ class Outbox:
         self._last_eviction_log = 0.0
         self._ledger_new: list[_GivenUp] = []  # given up, not in the ledger table yet (guarded by _lock)
         self._reports: set[int] = set()  # sequence numbers of given_up messages waiting in the outbox
+        self._seq_reserved = 0  # numbers below this are reserved on disk (see SEQ_RESERVE)
+        self._opened = False
 
         try:
             self._conn = self._open()
@@ -945,6 +952,7 @@ class Outbox:
                     conn.executemany("DELETE FROM given_up WHERE report_seq = ?", [(s,) for s in delivered_reports])
                 self._insert(conn, incoming, counts, evicted, statuses, given)
                 self._ledger_write(conn, given)
+                reserved = self._renew_reservation(conn)
                 if report is not None and statuses.get(report[0]) == "stored":
                     conn.executemany("UPDATE given_up SET report_seq = ? WHERE id = ?",
                                      [(report[0], i) for i in report[1]])
@@ -964,6 +972,7 @@ class Outbox:
             self._close_connection()
             raise _StorageError("unavailable", f"outbox database damaged: {exc}") from exc
         # Committed: make the in-memory picture match.
+        self._seq_reserved = max(self._seq_reserved, reserved)
         with self._lock:
             del self._ledger_new[:ledger_n]
         self._reports.difference_update(delivered_reports)
@@ -1123,6 +1132,21 @@ class Outbox:
                 break
         conn.execute(f"DELETE FROM {table} WHERE seq <= ?", (last,))
         return [seq for seq, _ in found if seq <= last]
+
+    def _renew_reservation(self, conn: sqlite3.Connection) -> int:
+        """Reserve the next SEQ_RESERVE numbers on disk once half of the reservation is used (in the
+        caller's transaction); returns the reservation then on disk."""
+        with self._lock:
+            nxt = self._next_seq
+        if nxt + SEQ_RESERVE // 2 <= self._seq_reserved:
+            return self._seq_reserved
+        reserved = nxt + SEQ_RESERVE
+        conn.execute(
+            "INSERT INTO meta (key, value) VALUES ('seq_reserved', ?) "
+            "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            (reserved,),
+        )
+        return reserved
 
     def _ledger_write(self, conn: sqlite3.Connection, given: list[_GivenUp]) -> None:
         """Record what was given up (in the caller's transaction). A given_up message among it makes
@@ -1297,8 +1321,10 @@ class Outbox:
                 break
             low = max(after.get(p, -1), min_seq - 1)
             found = self._read_class(p, low, below_seq, want)
+            # A held message goes out only if its number is reserved on disk: after a crash the next
+            # run starts past the reservation, so the number is never used twice.
             held = [r for r in self._held.values() if r.priority == p and r.seq > low
-                    and (below_seq is None or r.seq < below_seq)]
+                    and (below_seq is None or r.seq < below_seq) and r.seq < self._seq_reserved]
             if held:
                 found = sorted([*found, *held], key=lambda r: r.seq)[:want]
             out.extend(found)
@@ -1506,8 +1532,35 @@ class Outbox:
         self._corrupt_files = meta.get("corrupt_files", 0)
         created = meta.get("created_at")
         self._counters_since = datetime.fromtimestamp(created, timezone.utc) if created else None
+        saved = max(meta.get("next_seq", 0), highest + 1)
+        reserved = meta.get("seq_reserved", 0)
+        first_open = not self._opened
         with self._lock:
-            self._next_seq = max(self._next_seq, meta.get("next_seq", 0), highest + 1)
+            # After an unclean stop the last run may have sent numbers up to its reservation from
+            # memory: start past them (a reopen within this run knows its own numbers).
+            self._next_seq = max(self._next_seq, saved, reserved if first_open else 0)
+            start = self._next_seq
+        self._opened = True
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            if first_open and reserved > saved:
+                conn.execute(
+                    "INSERT INTO given_up (first, last, class, reason) VALUES (?, ?, NULL, 'skipped')",
+                    (saved, reserved - 1),
+                )
+                log.warning("outbox was not closed cleanly; sequence numbers skipped",
+                            extra={"first": saved, "last": reserved - 1})
+            conn.execute(
+                "INSERT INTO meta (key, value) VALUES ('seq_reserved', ?) "
+                "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (start + SEQ_RESERVE,),
+            )
+            conn.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            raise
+        self._seq_reserved = start + SEQ_RESERVE
 
     def _move_aside(self) -> Path:
         stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
@@ -1558,7 +1611,11 @@ class Outbox:
             # The newest numbers may be in a log we cannot replay here: jump past any of them.
             floor = max(floor or 0, int(self._clock() * 1000))
         with self._lock:
-            self._next_seq = max(self._next_seq, floor)
+            self._next_seq = max(self._next_seq, floor, salvage.meta.get("seq_reserved", 0))
+        # Nothing can be reserved on this disk: held messages go out anyway (a known limit, see
+        # docs/outbox.md), rather than a pole on a read-only card never sending anything.
+        self._seq_reserved = 2**62
+        self._opened = True
         for name in _COUNTERS:
             for p in Priority:
                 self._totals[name][p] = salvage.meta.get(_counter_key(name, p), 0)
@@ -1680,6 +1737,16 @@ class Outbox:
         if self._held:
             log.error("outbox closed with messages held in memory only; they are lost",
                       extra={"held": len(self._held)})
+        elif self._conn is not None and self._state == "ok":
+            # A clean close: the next run may start right here, no numbers skipped.
+            with self._lock:
+                nxt = self._next_seq
+            with contextlib.suppress(sqlite3.Error):
+                self._conn.executemany(
+                    "INSERT INTO meta (key, value) VALUES (?, ?) "
+                    "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                    [("next_seq", nxt), ("seq_reserved", nxt)],
+                )
         if self._conn is not None:
             with contextlib.suppress(Exception):
                 self._checkpoint()

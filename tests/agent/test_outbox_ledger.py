@@ -7,12 +7,17 @@ once per reason, so the server can tell a gap that stays from messages still on 
 
 from __future__ import annotations
 
+import asyncio
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 from polewatch.agent.config import OutboxConfig
-from polewatch.agent.uplink.outbox import Outbox, ledger_ranges
+from polewatch.agent.uplink.outbox import SEQ_RESERVE, Outbox, ledger_ranges
 from polewatch.agent.uplink.priority import Priority
 from polewatch.protocol import GivenUpMessage, Presence
+from support.filesystems import fill, small_tmpfs
 from support.outbox import alert, open_outbox, telemetry
 
 CAP = 256 * 1024
@@ -116,3 +121,56 @@ async def test_presence_stamps_expiry_and_a_replaced_file_are_accounted(tmp_path
     nxt = (await box.put(alert(1))).seq
     assert replaced[0][1] == nxt - 1, "every number below the new start is accounted for"
     box.close()
+
+
+def _crash_after_puts(db: Path, n: int) -> None:
+    """A child process puts `n` alerts and dies without closing the outbox (a power cut)."""
+    script = (
+        "import os, sys\n"
+        "sys.path.insert(0, sys.argv[2])\n"
+        "from pathlib import Path\n"
+        "from support.outbox import alert, open_outbox\n"
+        "box = open_outbox(Path(sys.argv[1]))\n"
+        "for i in range(int(sys.argv[3])):\n"
+        "    box.add(alert(i))\n"
+        "os._exit(0)\n"
+    )
+    subprocess.run([sys.executable, "-c", script, str(db), str(Path(__file__).parents[1]), str(n)], check=True,
+                   timeout=60)
+
+
+def test_after_an_unclean_stop_numbers_restart_past_the_reservation_and_say_so(tmp_path: Path) -> None:
+    db = tmp_path / "outbox.db"
+    _crash_after_puts(db, 5)
+    box = open_outbox(db)
+    after = box.add(alert(99))
+    nxt = after.seq
+    assert nxt >= SEQ_RESERVE, "numbers a crashed run may have sent from memory are not handed out again"
+    skipped = [row for row in box.ledger() if row[3] == "skipped"]
+    assert skipped == [(5, nxt - 1, None, "skipped", None)]
+    assert after.status == "stored"
+    box.close()
+    # A clean close reserves nothing beyond what was used: the next run carries straight on.
+    box = open_outbox(db)
+    assert box.add(alert(100)).seq == nxt + 1
+    assert [row for row in box.ledger() if row[3] == "skipped"] == skipped
+    box.close()
+
+
+async def test_held_messages_past_the_reservation_wait_for_the_disk(tmp_path: Path) -> None:
+    with small_tmpfs(tmp_path / "disk", 2 * 1024 * 1024) as disk:
+        box = open_outbox(disk / "outbox.db", memory_alerts=5000, max_bytes="1MiB")
+        first = await box.put(alert(0))
+        filler = fill(disk)
+        held = await box.put_many([alert(n) for n in range(1, SEQ_RESERVE + 200)])
+        assert {a.status for a in held} == {"held"}
+        sendable = {p.seq for p in box.take(100_000)}
+        assert first.seq in sendable
+        assert max(sendable) < first.seq + SEQ_RESERVE, "numbers not reserved on disk are not sent from memory"
+        assert len(sendable) > SEQ_RESERVE // 2, "what is reserved still goes out"
+        filler.unlink()
+        deadline = time.monotonic() + 15
+        while box.storage_state != "ok" and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert {p.seq for p in box.take(100_000)} == {first.seq} | {a.seq for a in held}, "on disk: all go out"
+        box.close()

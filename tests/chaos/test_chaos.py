@@ -14,7 +14,7 @@ import os
 import random
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -33,6 +33,7 @@ pytestmark = [pytest.mark.chaos, pytest.mark.e2e, pytest.mark.mqtt, pytest.mark.
 DEVICE = "pole-a"
 FPS = 10  # detections per second through the model: a steady stream of track starts and ends
 HEALTH_S = 1  # a health report (and a given-up report, when there is news) every second
+LINK_LOST = "broker connection lost or refused; retrying"
 
 
 @pytest.fixture
@@ -117,7 +118,7 @@ def test_broker_killed_and_restarted_many_times(stack: Stack, rng: random.Random
     stack.wait_settled()
     result = stack.finish("broker_restarts")
     _assert_nothing_lost(result)
-    lost_links = [r for r in log_records(stack.log) if r.get("message") == "broker connection lost or refused; retrying"]
+    lost_links = [r for r in log_records(stack.log) if r.get("message") == LINK_LOST]
     assert len(lost_links) >= kills, "the agent noticed every broker death"
 
 
@@ -129,6 +130,10 @@ def _kill_and_restart(stack: Stack, agent: Child) -> None:
     agent.start()
 
 
+def _wait_for_more(stack: Stack, before: int) -> None:
+    wait_until(lambda: len(stack.accepted()) > before, 90, "detections after the restart", stack.children())
+
+
 def test_agent_killed_with_sigkill_at_random_points(stack: Stack, rng: random.Random) -> None:
     # A slow replay (5 messages/s) so that one kill lands in the middle of replaying a backlog.
     agent = stack.start_agent(outbox={"replay_rate": 5})
@@ -138,8 +143,7 @@ def test_agent_killed_with_sigkill_at_random_points(stack: Stack, rng: random.Ra
         # At a random moment: often mid-batch (a frame's detections are one commit) or mid-publish.
         time.sleep(rng.uniform(0.5, 3.0))
         _kill_and_restart(stack, agent)
-        before = len(stack.accepted())
-        wait_until(lambda b=before: len(stack.accepted()) > b, 90, "detections after the restart", stack.children())
+        _wait_for_more(stack, len(stack.accepted()))
     # A backlog, then a kill while it is being replayed: acknowledged but not yet deleted messages
     # are sent again, and must not become second rows.
     stack.broker.kill()
@@ -179,8 +183,7 @@ def test_network_blackholed_for_longer_than_the_keepalive(stack: Stack, rng: ran
         result = stack.finish("blackhole")
     _assert_nothing_lost(result)
     records = log_records(stack.log)
-    lost = [r for r in records if r.get("message") == "broker connection lost or refused; retrying"
-            and _ts(r) >= cut_at]
+    lost = [r for r in records if r.get("message") == LINK_LOST and _ts(r) >= cut_at]
     assert lost, "the agent found out from its keepalive, without any close"
     assert proxy.connections >= 2, "and reconnected"
     presence = http_json(f"{stack.base}/api/devices/{DEVICE}") or {}
@@ -209,6 +212,42 @@ def test_disk_full_then_space_freed(stack: Stack, rng: random.Random, tmp_path: 
     assert any(r.get("message") == "detection not on disk" and _ts(r) >= full_at for r in records), \
         "detections were taken while the disk was full"
     assert any(r.get("message", "").startswith("outbox cannot write to disk") for r in records)
+
+
+def test_agent_killed_while_the_disk_is_full(stack: Stack, tmp_path: Path) -> None:
+    """Messages held in memory die with the process (a stated limit); their sequence numbers must
+    not be handed out again after the restart, or two messages share a number at the server."""
+    with small_tmpfs(tmp_path / "disk", 6 * 1024 * 1024) as disk:
+        state = disk / "state"
+        agent = stack.start_agent(state_dir=state, outbox={"max_bytes": "2MiB"})
+        stack.wait_flowing()
+        filler = fill(disk)
+        full_at = time.time()
+        wait_until(lambda: sum(1 for r in log_records(stack.log) if r.get("message") == "detection not on disk"
+                               and _ts(r) >= full_at) >= 5, 60, "detections held in memory", stack.children())
+        # The broker is up: the held detections reach the server before the kill (most of them).
+        time.sleep(1.0)
+        before = len(stack.accepted())
+        _kill_and_restart_after(agent, filler.unlink)
+        wait_until(lambda: len(stack.accepted()) >= before + 8, 90, "detections after the restart", stack.children())
+        # Only detections taken while the disk was full may be missing: held in memory, they died
+        # with the process. Everything that was on disk must arrive.
+        held = {str(r["message_id"]) for r in log_records(stack.log) if r.get("message") == "detection not on disk"}
+        durable = {mid: seq for mid, seq in stack.accepted().items() if mid not in held}
+        wait_until(lambda: settled(durable, stack.db, DEVICE), 120, "every durable detection stored", stack.children())
+        result = stack.finish("disk_full_sigkill", state_dir=state)
+    assert result.dup == 0, "no sequence number was used twice"
+    assert not result.unexplained_gaps, result.unexplained_gaps[:10]
+    assert {m.split(" ")[0] for m in result.lost} <= held, "only messages held in memory can die with the process"
+
+
+def _kill_and_restart_after(agent: Child, between: Callable[[], object]) -> None:
+    assert agent.proc is not None
+    agent.proc.send_signal(signal.SIGKILL)
+    agent.proc.wait(10)
+    agent.stop()
+    between()
+    agent.start()
 
 
 def test_outbox_cap_reached_during_a_long_outage(stack: Stack, rng: random.Random) -> None:

@@ -76,8 +76,9 @@ class TcpBlackhole:
                     sel.register(sock, selectors.EVENT_READ)
             self._registered = wanted
             for key, _ in sel.select(timeout=0.05):
-                sock = key.fileobj
-                assert isinstance(sock, socket.socket)
+                ready = key.fileobj
+                assert isinstance(ready, socket.socket)
+                sock = ready
                 if sock is self._listener:
                     with contextlib.suppress(BlockingIOError, OSError):
                         client, _ = self._listener.accept()

@@ -128,6 +128,14 @@ class Tally:
         )
 
 
+def _minus(first: int, last: int, runs: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """first..last without the numbers in `runs`."""
+    parts = [(first, last)]
+    for a, b in runs:
+        parts = [p for lo, hi in parts for p in ((lo, min(hi, a - 1)), (max(lo, b + 1), hi)) if p[0] <= p[1]]
+    return parts
+
+
 def _compact(by_class: Any) -> str:
     if not by_class:
         return "-"
@@ -162,11 +170,13 @@ def tally(scenario: str, *, log: Path, db: Path, state_dir: Path, base: str, dev
     delivery = http_json(f"{base}/api/devices/{device}/delivery?limit=5000") or {}
     # Every number the server still waits for must be explained by the outbox: waiting there, or in
     # its ledger (given up, or a presence not queued) but not reported yet because the agent stopped.
-    unexplained = []
+    unexplained: list[tuple[int, int]] = []
     for gap in delivery.get("gaps", []):
         if gap["status"] != "in_flight":
             continue
-        for seq in range(gap["first"], gap["last"] + 1):
-            if seq not in left.waiting_seqs and seq not in left.given_up_all:
-                unexplained.append((seq, seq))
+        for first, last in _minus(gap["first"], gap["last"], left.given_up_all.runs):
+            if last - first > 10_000:  # a jump, not messages: do not walk it number by number
+                unexplained.append((first, last))
+                continue
+            unexplained += [(seq, seq) for seq in range(first, last + 1) if seq not in left.waiting_seqs]
     return Tally(scenario, len(accepted), n_stored, evicted, waiting, lost, duplicates(db), unexplained, delivery)
