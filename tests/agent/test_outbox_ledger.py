@@ -169,8 +169,13 @@ async def test_held_messages_past_the_reservation_wait_for_the_disk(tmp_path: Pa
         assert max(sendable) < first.seq + SEQ_RESERVE, "numbers not reserved on disk are not sent from memory"
         assert len(sendable) > SEQ_RESERVE // 2, "what is reserved still goes out"
         filler.unlink()
-        deadline = time.monotonic() + 15
-        while box.storage_state != "ok" and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
+        await _writable_again(box)
         assert {p.seq for p in box.take(100_000)} == {first.seq} | {a.seq for a in held}, "on disk: all go out"
         box.close()
+
+
+async def _writable_again(box: Outbox, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while box.storage_state != "ok":  # noqa: ASYNC110 - the outbox exposes a state, not an event
+        assert time.monotonic() < deadline, "the outbox did not write again"
+        await asyncio.sleep(0.05)
