@@ -176,6 +176,6 @@ async def test_held_messages_past_the_reservation_wait_for_the_disk(tmp_path: Pa
 
 async def _writable_again(box: Outbox, timeout: float = 15.0) -> None:
     deadline = time.monotonic() + timeout
-    while box.storage_state != "ok":  # noqa: ASYNC110 - the outbox exposes a state, not an event
+    while box.storage_state != "ok":
         assert time.monotonic() < deadline, "the outbox did not write again"
         await asyncio.sleep(0.05)
