@@ -67,7 +67,8 @@ def refusal(exc: ValidationError, prefix: str = "") -> ConfigRefused:
 
 def effective_config(local: AgentConfig, settings: AgentSettings) -> AgentConfig:
     """The box's file with the document laid over it, validated as a whole (raises ConfigRefused)."""
-    patch = settings.model_dump(exclude_unset=True)
+    # A top-level null is "not set" too (every top-level key is optional); nested nulls are values.
+    patch = {k: v for k, v in settings.model_dump(exclude_unset=True).items() if v is not None}
     references = {cam.id: cam.reference for cam in local.cameras if cam.reference is not None}
     for camera in patch.get("cameras") or []:
         if camera["id"] in references:

@@ -24,6 +24,7 @@ from pydantic import (
     Field,
     TypeAdapter,
     ValidationError,
+    field_serializer,
     model_validator,
 )
 
@@ -290,6 +291,12 @@ class DesiredConfig(Body):
 
     version: int = Field(ge=1, description="Increases with every change of the document for this box.")
     config: AgentSettings
+
+    @field_serializer("config")
+    def _only_what_is_set(self, config: AgentSettings) -> dict[str, Any]:
+        # A key the document leaves out means "the box's own value", so defaults must not be filled in
+        # on the way out: the wire carries exactly the keys the server set.
+        return config.model_dump(mode="json", exclude_unset=True)
 
 
 class Command(Body):

@@ -167,6 +167,8 @@ class Downlink:
             self.journal.finished(ack)
             await self.outbox.put(ack)
         elif isinstance(version, int) and not isinstance(version, bool) and version >= 1:
+            if not self._config_is_new(version):
+                return
             field: str | None = None
             reason = f"{exc.reason}: {exc}"
             document = body.get("config")
@@ -182,13 +184,9 @@ class Downlink:
 
     async def _config(self, message: ConfigMessage) -> None:
         version = message.body.version
+        if not self._config_is_new(version):
+            return
         applied = self.store.applied_version or 0
-        if version == applied:
-            log.debug("config version already applied", extra={"version": version})
-            return
-        if self.store.refused is not None and self.store.refused.version == version:
-            log.debug("config version already refused", extra={"version": version})
-            return
         if version < applied:
             await self._refuse_config(
                 version, f"version {version} is older than the applied version {applied}; publish a newer one",
@@ -209,6 +207,17 @@ class Downlink:
         self.store.save_applied(version, message.body.config)
         log.info("config applied", extra={"version": version, "changed": changed})
         await self.outbox.put(ConfigReport(version=version, status="applied", applied_version=version, changed=changed))
+
+    def _config_is_new(self, version: int) -> bool:
+        """False for the version applied or last refused: the broker redelivers the retained document on
+        every connect, and it was answered already."""
+        if version == (self.store.applied_version or 0):
+            log.debug("config version already applied", extra={"version": version})
+            return False
+        if self.store.refused is not None and self.store.refused.version == version:
+            log.debug("config version already refused", extra={"version": version})
+            return False
+        return True
 
     async def _refuse_config(self, version: int, reason: str, field: str | None) -> None:
         log.warning("config refused", extra={"version": version, "field": field, "reason": reason})
