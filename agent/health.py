@@ -12,7 +12,7 @@ from pathlib import Path
 
 import psutil
 
-from polewatch.protocol import CameraStatus, Health, OutboxStatus
+from polewatch.protocol import CameraStatus, ClockStatus, Health, OutboxStatus
 
 from .capture.source import FrameSource
 
@@ -51,6 +51,8 @@ class HealthProbe:
         inference_ms: float | None,
         detect_fps: float | None,
         outbox: OutboxStatus,
+        clock: ClockStatus | None = None,
+        config_version: int | None = None,
     ) -> Health:
         disk = psutil.disk_usage(str(self.state_dir))
         memory = psutil.virtual_memory()
@@ -78,4 +80,6 @@ class HealthProbe:
             detect_fps=None if detect_fps is None else round(detect_fps, 2),
             outbox_pending=waiting(outbox),
             outbox=outbox,
+            clock=clock,
+            config_version=config_version,
         )

@@ -4,18 +4,31 @@ Both sides import this package and never each other, so the contract is the only
 what runs on a pole and what runs in the command centre.
 """
 
-from . import topics
+from . import commands, settings, topics
+from .commands import COMMAND_ARGS, COMMANDS
 from .ids import message_id_time_ms, new_message_id
 from .messages import (
+    COMMAND_ID_PATTERN,
     CORE_KINDS,
+    DOWN_KINDS,
     KINDS,
     SCHEMA_VERSION,
+    UP_KINDS,
     AnyMessage,
     Body,
     Box,
     CameraHealth,
     CameraHealthMessage,
     CameraStatus,
+    ClockStatus,
+    Command,
+    CommandAck,
+    CommandAckMessage,
+    CommandMessage,
+    ConfigMessage,
+    ConfigReport,
+    ConfigReportMessage,
+    DesiredConfig,
     Detection,
     DetectionMessage,
     GivenUp,
@@ -37,17 +50,33 @@ from .messages import (
     encode,
     json_schema,
 )
+from .settings import AgentSettings
 
 __all__ = [
+    "COMMANDS",
+    "COMMAND_ARGS",
+    "COMMAND_ID_PATTERN",
     "CORE_KINDS",
+    "DOWN_KINDS",
     "KINDS",
     "SCHEMA_VERSION",
+    "UP_KINDS",
+    "AgentSettings",
     "AnyMessage",
     "Body",
     "Box",
     "CameraHealth",
     "CameraHealthMessage",
     "CameraStatus",
+    "ClockStatus",
+    "Command",
+    "CommandAck",
+    "CommandAckMessage",
+    "CommandMessage",
+    "ConfigMessage",
+    "ConfigReport",
+    "ConfigReportMessage",
+    "DesiredConfig",
     "Detection",
     "DetectionMessage",
     "GivenUp",
@@ -65,10 +94,12 @@ __all__ = [
     "RuleEventMessage",
     "V1Message",
     "build",
+    "commands",
     "decode",
     "encode",
     "json_schema",
     "message_id_time_ms",
     "new_message_id",
+    "settings",
     "topics",
 ]

@@ -24,10 +24,12 @@ from pydantic import (
     Field,
     TypeAdapter,
     ValidationError,
+    field_serializer,
     model_validator,
 )
 
 from .ids import new_message_id
+from .settings import AgentSettings
 from .topics import DEVICE_ID_PATTERN, ParsedTopic
 
 SCHEMA_VERSION: Literal[1] = 1
@@ -114,6 +116,35 @@ class OutboxStatus(Body):
     last_error: str | None = Field(default=None, description="The last storage error, while storage is not ok.")
 
 
+class ClockStatus(Body):
+    """How far the box's wall clock can be trusted, for correcting the timestamps it sent.
+
+    `offset_s` is wall clock minus monotonic clock: constant while nobody sets the clock, so a jump
+    in it is a step of the wall clock (NTP correcting an RTC that drifted while the box was offline,
+    or someone setting the time). Every envelope carries both clocks (`sent_at`, `mono`): within one
+    boot (`boot_id`), `mono + offset_s` of a synchronised report is the corrected time of any message.
+    """
+
+    synchronised: bool | None = Field(
+        default=None, description="The kernel's NTP state says the clock is synchronised; null: unknown."
+    )
+    max_error_s: float | None = Field(
+        default=None, ge=0, description="The kernel's bound on the clock's error (adjtimex maxerror)."
+    )
+    offset_s: float = Field(description="Wall clock minus monotonic clock now (s).")
+    boot_id: str | None = Field(
+        default=None, description="Identifies the boot: `mono` values are comparable only within one."
+    )
+    steps: int = Field(default=0, ge=0, description="Wall-clock steps seen since the agent started.")
+    last_step_s: float | None = Field(
+        default=None, description="Size of the last step (s): positive when the clock was set forward."
+    )
+    last_step_at: AwareDatetime | None = Field(default=None, description="Wall time just after the last step.")
+    last_step_mono: float | None = Field(
+        default=None, ge=0, description="Monotonic time of the first reading after the last step."
+    )
+
+
 class Health(Body):
     """Periodic health of the box, its cameras and its detector."""
 
@@ -130,6 +161,10 @@ class Health(Body):
     detect_fps: float | None = Field(default=None, ge=0, description="Frames per second run through detection.")
     outbox_pending: int = Field(default=0, ge=0, description="Messages on disk waiting for the broker.")
     outbox: OutboxStatus | None = Field(default=None, description="Details of the outbox; older agents leave it out.")
+    clock: ClockStatus | None = Field(default=None, description="Wall-clock trust; older agents leave it out.")
+    config_version: int | None = Field(
+        default=None, ge=0, description="Version of the remote config document applied; null: the local file only."
+    )
 
 
 class Box(Body):
@@ -274,6 +309,71 @@ class GivenUp(Body):
     ranges: list[GivenUpRange] = Field(min_length=1, max_length=1000)
 
 
+COMMAND_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,79}$"
+
+
+class DesiredConfig(Body):
+    """Server -> box, retained on `down/config`: the remote config document and its version.
+
+    Versions only go up: the box applies a version newer than the one it runs and ignores an equal
+    one (the broker redelivers the retained document on every connect).
+    """
+
+    version: int = Field(ge=1, description="Increases with every change of the document for this box.")
+    config: AgentSettings
+
+    @field_serializer("config")
+    def _only_what_is_set(self, config: AgentSettings) -> dict[str, Any]:
+        # A key the document leaves out means "the box's own value", so defaults must not be filled in
+        # on the way out: the wire carries exactly the keys the server set.
+        return config.model_dump(mode="json", exclude_unset=True)
+
+
+class Command(Body):
+    """Server -> box, on `down/command`: do something once (see protocol/commands.py for the names).
+
+    `command_id` is the idempotency key: a command delivered again (QoS 1 redelivery, a retry by the
+    server) is acknowledged again with the first result and never run twice.
+    """
+
+    command_id: str = Field(pattern=COMMAND_ID_PATTERN, description="Unique per box; chosen by the server.")
+    name: str = Field(min_length=1, max_length=64, description="restart_camera, snapshot, set_log_level, ...")
+    args: dict[str, Any] = Field(default_factory=dict)
+    expires_at: AwareDatetime | None = Field(
+        default=None, description="Refused (not run) if it reaches the box after this time (box's clock)."
+    )
+
+
+class ConfigReport(Body):
+    """Box -> server, on `up/config_report`: what became of a config document version."""
+
+    version: int = Field(ge=0, description="The document version this report is about.")
+    status: Literal["applied", "refused"]
+    reason: str | None = Field(default=None, max_length=2000, description="Refused: the field and the problem.")
+    field: str | None = Field(default=None, max_length=200, description="Refused: the first field at fault, dotted.")
+    applied_version: int | None = Field(
+        default=None, ge=0, description="The version the box runs after this report; null: its local file only."
+    )
+    changed: list[str] = Field(
+        default_factory=list, description="Applied: what the box changed or restarted ('camera cam1', 'detector')."
+    )
+
+
+class CommandAck(Body):
+    """Box -> server, on `up/command_ack`: the outcome of one command."""
+
+    command_id: str = Field(pattern=COMMAND_ID_PATTERN)
+    name: str | None = Field(default=None, max_length=64)
+    status: Literal["done", "refused", "failed"] = Field(
+        description="done: it ran; refused: not run (unknown, malformed, expired, bad args); failed: it ran and failed."
+    )
+    reason: str | None = Field(default=None, max_length=2000)
+    result: dict[str, Any] | None = Field(default=None, description="What the command produced (e.g. snapshot path).")
+    repeated: bool = Field(
+        default=False, description="This command id was seen before: the first outcome, sent again, not run again."
+    )
+
+
 class _Envelope(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
 
@@ -318,8 +418,41 @@ class GivenUpMessage(_Envelope):
     body: GivenUp
 
 
+class ConfigReportMessage(_Envelope):
+    kind: Literal["config_report"] = "config_report"
+    body: ConfigReport
+
+
+class CommandAckMessage(_Envelope):
+    kind: Literal["command_ack"] = "command_ack"
+    body: CommandAck
+
+
+class ConfigMessage(_Envelope):
+    """Sent by the server: `device_id` is the box addressed, `seq` the server's own counter for it."""
+
+    kind: Literal["config"] = "config"
+    body: DesiredConfig
+
+
+class CommandMessage(_Envelope):
+    """Sent by the server: `device_id` is the box addressed, `seq` the server's own counter for it."""
+
+    kind: Literal["command"] = "command"
+    body: Command
+
+
 Message = Annotated[
-    PresenceMessage | HealthMessage | DetectionMessage | CameraHealthMessage | RuleEventMessage | GivenUpMessage,
+    PresenceMessage
+    | HealthMessage
+    | DetectionMessage
+    | CameraHealthMessage
+    | RuleEventMessage
+    | GivenUpMessage
+    | ConfigReportMessage
+    | CommandAckMessage
+    | ConfigMessage
+    | CommandMessage,
     Field(discriminator="kind"),
 ]
 # What every v1 receiver handles, and all `decode` returns unless the caller names more kinds.
@@ -328,8 +461,19 @@ CORE_KINDS: tuple[str, ...] = ("presence", "health", "detection", "camera_health
 # Every kind of v1. A kind added after the first fleet server is decoded only by a receiver that asks
 # for it (`decode(..., kinds=KINDS)`): any other receiver rejects it as unknown_kind (counted, acked)
 # instead of taking it for a kind it stores.
-V1Message = AnyMessage | RuleEventMessage | GivenUpMessage
-KINDS: tuple[str, ...] = (*CORE_KINDS, "rule_event", "given_up")
+V1Message = (
+    AnyMessage
+    | RuleEventMessage
+    | GivenUpMessage
+    | ConfigReportMessage
+    | CommandAckMessage
+    | ConfigMessage
+    | CommandMessage
+)
+# Server -> box kinds (on `down/<kind>`); every other kind goes box -> server (on `up/<kind>`).
+DOWN_KINDS: tuple[str, ...] = ("config", "command")
+UP_KINDS: tuple[str, ...] = (*CORE_KINDS, "rule_event", "given_up", "config_report", "command_ack")
+KINDS: tuple[str, ...] = (*UP_KINDS, *DOWN_KINDS)
 
 _MESSAGE_ADAPTER: TypeAdapter[V1Message] = TypeAdapter(Message)
 _BY_BODY: dict[type[Body], type[V1Message]] = {
@@ -339,6 +483,10 @@ _BY_BODY: dict[type[Body], type[V1Message]] = {
     CameraHealth: CameraHealthMessage,
     RuleEvent: RuleEventMessage,
     GivenUp: GivenUpMessage,
+    ConfigReport: ConfigReportMessage,
+    CommandAck: CommandAckMessage,
+    DesiredConfig: ConfigMessage,
+    Command: CommandMessage,
 }
 
 
@@ -349,9 +497,21 @@ def build(body: RuleEvent, *, device_id: str, seq: int) -> RuleEventMessage: ...
 @overload
 def build(body: GivenUp, *, device_id: str, seq: int) -> GivenUpMessage: ...
 @overload
+def build(body: ConfigReport, *, device_id: str, seq: int) -> ConfigReportMessage: ...
+@overload
+def build(body: CommandAck, *, device_id: str, seq: int) -> CommandAckMessage: ...
+@overload
+def build(body: DesiredConfig, *, device_id: str, seq: int) -> ConfigMessage: ...
+@overload
+def build(body: Command, *, device_id: str, seq: int) -> CommandMessage: ...
+@overload
 def build(body: Body, *, device_id: str, seq: int) -> V1Message: ...
 def build(body: Body, *, device_id: str, seq: int) -> V1Message:
-    """Wrap a body in a fresh envelope (new id, both clocks read now)."""
+    """Wrap a body in a fresh envelope (new id, both clocks read now).
+
+    The server builds its down messages (config, command) the same way, with `device_id` the box
+    addressed and `seq` its own per-box counter of down messages.
+    """
     cls = _BY_BODY[type(body)]
     return cls(
         id=new_message_id(),
@@ -394,7 +554,7 @@ def decode(
     if not isinstance(raw, dict):
         raise MessageError(f"payload is a JSON {type(raw).__name__}, expected an object", reason="not_object")
     kind = raw.get("kind")
-    if kind not in kinds or kind not in KINDS:
+    if not isinstance(kind, str) or kind not in kinds or kind not in KINDS:
         known = ", ".join(k for k in KINDS if k in kinds)
         raise MessageError(f"unknown message kind {kind!r}; this receiver knows {known}", reason="unknown_kind")
     try:
@@ -410,6 +570,12 @@ def decode(
         if topic.kind != message.kind:
             raise MessageError(
                 f"envelope kind {message.kind!r} does not match topic kind {topic.kind!r}", reason="kind_mismatch"
+            )
+        direction = "down" if message.kind in DOWN_KINDS else "up"
+        if topic.direction != direction:
+            raise MessageError(
+                f"a {message.kind} message travels on the {direction} branch, not {topic.direction}",
+                reason="direction_mismatch",
             )
     return message
 

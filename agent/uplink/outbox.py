@@ -674,6 +674,23 @@ class Outbox:
             wal = 0
         return self._written_checkpointed + wal
 
+    def reconfigure(self, config: OutboxConfig) -> None:
+        """Take new limits from a remote config document, without closing the outbox.
+
+        Swapped on the writer thread, between two steps, so a step never mixes old and new limits.
+        A lower `max_bytes` is enforced from the next write on (eviction makes the room then);
+        `replay_rate` belongs to the uplink.
+        """
+
+        def swap() -> None:
+            self.config = config
+            self.limits = _Limits.for_cap(int(config.max_bytes), self._page_size)
+            self._window_s = config.group_commit_ms / 1000.0
+            self._ttl = {p: getattr(config.ttl_s, p.label) for p in Priority}
+            self._next_compact = min(self._next_compact, time.monotonic() + config.compact_interval_s)
+
+        self._call(swap)
+
     def status(self) -> OutboxStatus:
         """The outbox's part of the health report."""
         written = self.bytes_written()
