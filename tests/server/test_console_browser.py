@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from support.brokers import BrokerProcess
@@ -23,14 +21,14 @@ CHROMIUM_ARGS = [
 
 
 async def test_console_shows_devices_and_pushes_new_detections_without_reload(
-    mosquitto_broker: BrokerProcess, tmp_path: Path
+    mosquitto_broker: BrokerProcess, database: str
 ) -> None:
     chromium = require_binary("chromium", "apt-get install chromium", candidates=("/usr/bin/chromium",))
     playwright_api = pytest.importorskip("playwright.async_api", reason="needs the dev extra (playwright)")
     broker = mosquitto_broker
 
     async with (
-        live_server(settings_for(broker, tmp_path / "fleet.db")) as base,
+        live_server(settings_for(broker, database)) as base,
         pole(broker, "pole-a") as pa,
         pole(broker, "pole-b") as pb,
     ):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 
 import httpx
 import pytest
@@ -17,8 +16,8 @@ from support.server import camera_health, detection, health, presence, settings_
 
 
 @contextlib.asynccontextmanager
-async def api(tmp_path: Path, messages: list[AnyMessage]) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(settings_for(None, tmp_path / "fleet.db"), run_ingest=False)
+async def api(database: str, messages: list[AnyMessage]) -> AsyncIterator[httpx.AsyncClient]:
+    app = create_app(settings_for(None, database), run_ingest=False)
     async with app.router.lifespan_context(app):  # migrates the fresh database
         store = app.state.services.store
         now = datetime.now(timezone.utc)
@@ -29,7 +28,7 @@ async def api(tmp_path: Path, messages: list[AnyMessage]) -> AsyncIterator[httpx
 
 
 @pytest.fixture
-async def client(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
+async def client(database: str) -> AsyncIterator[httpx.AsyncClient]:
     messages: list[AnyMessage] = [
         presence("pole-a", "online"),
         health("pole-a", cpu=12.0),
@@ -40,7 +39,7 @@ async def client(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
         messages.append(detection("pole-a", label="person" if i % 2 == 0 else "car", event_id=f"a{i}"))
     for i in range(3):
         messages.append(detection("pole-b", label="person", event_id=f"b{i}"))
-    async with api(tmp_path, messages) as c:
+    async with api(database, messages) as c:
         yield c
 
 
@@ -141,7 +140,7 @@ async def test_stats_health_console_and_openapi(client: httpx.AsyncClient) -> No
     assert spec["components"]["schemas"]["EventPage"]["properties"]["next_before"]
 
 
-async def test_camera_health_lists_starts_and_ends_and_what_is_still_open(tmp_path: Path) -> None:
+async def test_camera_health_lists_starts_and_ends_and_what_is_still_open(database: str) -> None:
     t0 = datetime(2026, 11, 23, 2, 14, tzinfo=timezone.utc)
     covered_start = camera_health("pole-a", condition="covered", since=t0)
     messages: list[AnyMessage] = [
@@ -153,7 +152,7 @@ async def test_camera_health_lists_starts_and_ends_and_what_is_still_open(tmp_pa
         camera_health("pole-b", condition="frozen", since=t0 + timedelta(minutes=30)),
         camera_health("pole-b", condition="low_fps", since=t0 + timedelta(minutes=40)),
     ]
-    async with api(tmp_path, messages) as client:
+    async with api(database, messages) as client:
         everything = (await client.get("/api/camera-health")).json()
         assert len(everything["items"]) == 6 and everything["next_before"] is None
         ids = [row["id"] for row in everything["items"]]

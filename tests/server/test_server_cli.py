@@ -26,13 +26,13 @@ from support.ports import free_port
 @pytest.mark.mqtt
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["sigterm", "ctrl-c"])
 def test_run_prints_the_console_url_serves_and_stops_cleanly_with_a_stream_open(
-    mosquitto_broker: BrokerProcess, tmp_path: Path, sig: signal.Signals
+    mosquitto_broker: BrokerProcess, tmp_path: Path, database: str, sig: signal.Signals
 ) -> None:
     broker = mosquitto_broker
     port = free_port()
     command = [
         sys.executable, "-m", "polewatch.fleet_server.cli", "run",
-        "--database-url", f"sqlite:///{tmp_path / 'fleet.db'}",
+        "--database-url", database,
         "--mqtt-host", broker.host, "--mqtt-port", str(broker.port),
         "--http-host", "127.0.0.1", "--http-port", str(port),
     ]  # fmt: skip

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -30,9 +29,9 @@ async def next_of(events: AsyncIterator[dict[str, str]], kind: str, timeout: flo
 
 
 async def test_stream_pushes_what_arrives_and_replays_what_a_reconnecting_client_missed(
-    broker: BrokerProcess, tmp_path: Path
+    broker: BrokerProcess, database: str
 ) -> None:
-    settings = settings_for(broker, tmp_path / "fleet.db")
+    settings = settings_for(broker, database)
     timeout = httpx.Timeout(10, read=30)
     async with live_server(settings) as base, httpx.AsyncClient(base_url=base, timeout=timeout) as http:
         await wait_for(lambda: _connected(http), what="the ingest to connect")

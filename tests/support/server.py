@@ -41,10 +41,15 @@ from polewatch.protocol import (
 from support.brokers import USERS, BrokerProcess
 
 
-def settings_for(broker: BrokerProcess | None, db: Path, **overrides: Any) -> Settings:
-    """Server settings for a test: its own SQLite file, fast reconnects."""
+def database_url(db: Path | str) -> str:
+    """A SQLite file path, or a URL as it is (the `database` fixture's)."""
+    return db if isinstance(db, str) else f"sqlite:///{db}"
+
+
+def settings_for(broker: BrokerProcess | None, db: Path | str, **overrides: Any) -> Settings:
+    """Server settings for a test: its own database (a SQLite file or a URL), fast reconnects."""
     values: dict[str, Any] = {
-        "database_url": f"sqlite:///{db}",
+        "database_url": database_url(db),
         "mqtt_host": broker.host if broker else "127.0.0.1",
         "mqtt_port": broker.port if broker else 1,
         "mqtt_username": "fleet-server",
