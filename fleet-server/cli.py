@@ -57,6 +57,15 @@ def run(
             help="Fixed per replica: the broker keeps this id's session and queued messages.",
         ),
     ] = _DEFAULTS.mqtt_client_id,
+    mqtt_shared_group: Annotated[
+        str,
+        typer.Option(
+            envvar="POLEWATCH_MQTT_SHARED_GROUP",
+            help="Run replicas: the MQTT shared-subscription group ($share/<group>/...) so each message "
+            "goes to one replica. Mosquitto has shared subscriptions; the embedded amqtt broker does "
+            "not ('' for a plain subscription, the default).",
+        ),
+    ] = "",
     http_host: Annotated[
         str, typer.Option(envvar="POLEWATCH_HTTP_HOST", help="Address to serve the API and console on.")
     ] = _DEFAULTS.http_host,
@@ -80,6 +89,7 @@ def run(
             mqtt_username=mqtt_username or None,
             mqtt_password=SecretStr(mqtt_password) if mqtt_password else None,
             mqtt_client_id=mqtt_client_id,
+            mqtt_shared_group=mqtt_shared_group or None,
             http_host=http_host,
             http_port=http_port,
             log_level=log_level,

@@ -36,6 +36,15 @@ class Settings(BaseModel):
         "the QoS 1 messages queued while it was away). Up to 23 characters is what every MQTT "
         "3.1.1 broker must accept.",
     )
+    mqtt_shared_group: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9_.-]{1,64}$",
+        description="Replicas: subscribe through the MQTT shared subscription $share/<group>/..., so "
+        "the broker hands each message to one replica of the group. Only for brokers that have "
+        "shared subscriptions (Mosquitto does; the embedded amqtt broker does not, and there a "
+        "shared filter would silently match nothing). None: a plain subscription (one replica, or "
+        "every replica sees everything and the idempotent store keeps one copy).",
+    )
     mqtt_keepalive_s: int = Field(default=30, ge=5, le=600)
     mqtt_reconnect_min_s: float = Field(
         default=0.5, gt=0, description="First reconnect delay; doubles per failed attempt."

@@ -34,7 +34,7 @@ def test_run_prints_the_console_url_serves_and_stops_cleanly_with_a_stream_open(
         sys.executable, "-m", "polewatch.fleet_server.cli", "run",
         "--database-url", database,
         "--mqtt-host", broker.host, "--mqtt-port", str(broker.port),
-        "--http-host", "127.0.0.1", "--http-port", str(port),
+        "--http-host", "127.0.0.1", "--http-port", str(port), "--mqtt-shared-group", "fleet",
     ]  # fmt: skip
     env = {**os.environ, "POLEWATCH_MQTT_PASSWORD": USERS["fleet-server"]}
     stderr_path = tmp_path / "server.stderr"
@@ -75,6 +75,7 @@ def test_run_prints_the_console_url_serves_and_stops_cleanly_with_a_stream_open(
     assert "mqtt connected" in messages and "fleet server stopped" in messages
     connected = next(r for r in records if r["message"] == "mqtt connected")
     assert connected["client_id"] == "polewatch-fleet-server-1" and connected["level"] == "info"
+    assert connected["subscribed"] == ["$share/fleet/polewatch/v1/+/up/#", "polewatch/v1/+/up/presence"]
     assert USERS["fleet-server"] not in stderr_path.read_text()
 
 

@@ -54,6 +54,8 @@ def settings_for(broker: BrokerProcess | None, db: Path | str, **overrides: Any)
         "mqtt_port": broker.port if broker else 1,
         "mqtt_username": "fleet-server",
         "mqtt_password": SecretStr(USERS["fleet-server"]),
+        # Mosquitto has shared subscriptions: the tests run the replica-ready path on it.
+        "mqtt_shared_group": "polewatch" if broker is not None and broker.kind == "mosquitto" else None,
         "mqtt_keepalive_s": 5,
         "mqtt_reconnect_min_s": 0.1,
         "mqtt_reconnect_max_s": 0.5,
