@@ -15,17 +15,28 @@ from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
 from . import queries
-from .schemas import CameraHealthPage, DeviceOut, ErrorOut, EventPage, HealthzOut, IngestStatsOut
+from .pagination import Cursor, Limit, int_cursor
+from .schemas import CameraHealthPage, DeviceOut, DevicePage, ErrorOut, EventPage, HealthzOut, IngestStatsOut
 from .services import ServicesDep
 
-router = APIRouter(prefix="/api")
+# Declared once for every route, so the OpenAPI document names the one error shape clients get.
+ERRORS: dict[int | str, dict[str, object]] = {
+    422: {"model": ErrorOut, "description": "Invalid parameters or body: `detail` says which and why."},
+}
+
+router = APIRouter(prefix="/api", responses=ERRORS)
 health_router = APIRouter()
 
 
-@router.get("/devices", tags=["devices"], summary="Every device heard from, by id")
-def list_devices(svc: ServicesDep) -> list[DeviceOut]:
+@router.get("/devices", tags=["devices"], summary="Every device heard from, by id, paginated")
+def list_devices(
+    svc: ServicesDep,
+    limit: Limit = 50,
+    cursor: Cursor = None,
+    online: Annotated[bool | None, Query(description="Only devices online (true) or offline (false).")] = None,
+) -> DevicePage:
     with svc.sessions() as session:
-        return queries.list_devices(session)
+        return queries.list_devices(session, limit=limit, after=cursor, online=online)
 
 
 @router.get(
@@ -42,17 +53,15 @@ def get_device(device_id: str, svc: ServicesDep) -> DeviceOut:
     return device
 
 
-@router.get("/events", tags=["events"], summary="Stored detections, newest first, paginated by id")
+@router.get("/events", tags=["events"], summary="Stored detections, newest first, paginated")
 def list_events(
     svc: ServicesDep,
     device_id: Annotated[str | None, Query(description="Only this device's events.")] = None,
     label: Annotated[str | None, Query(description="Only this label, e.g. 'person'.")] = None,
-    limit: Annotated[int, Query(ge=1, le=500, description="Page size.")] = 50,
-    before: Annotated[
-        int | None,
-        Query(ge=1, description="Only events with an id below this: `next_before` of the previous page."),
-    ] = None,
+    limit: Limit = 50,
+    cursor: Cursor = None,
 ) -> EventPage:
+    before = int_cursor(cursor)
     with svc.sessions() as session:
         return queries.list_events(session, device_id=device_id, label=label, limit=limit, before=before)
 
@@ -72,12 +81,10 @@ def list_camera_health(
     open_only: Annotated[
         bool, Query(alias="open", description="Only conditions still open: starts without their end.")
     ] = False,
-    limit: Annotated[int, Query(ge=1, le=500, description="Page size.")] = 50,
-    before: Annotated[
-        int | None,
-        Query(ge=1, description="Only rows with an id below this: `next_before` of the previous page."),
-    ] = None,
+    limit: Limit = 50,
+    cursor: Cursor = None,
 ) -> CameraHealthPage:
+    before = int_cursor(cursor)
     with svc.sessions() as session:
         return queries.list_camera_health(
             session, device_id=device_id, camera_id=camera_id, condition=condition, open_only=open_only, limit=limit,

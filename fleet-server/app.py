@@ -14,14 +14,14 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import uvicorn
-from fastapi import FastAPI, Request
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi import FastAPI
+from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 
 from polewatch import __version__
 
-from . import api, stream
+from . import api, errors, stream
 from .db import make_engine, make_sessionmaker, safe_url, upgrade
 from .feed import Feed
 from .ingest import Ingest
@@ -87,11 +87,7 @@ def create_app(settings: Settings | None = None, *, run_ingest: bool = True, mig
 
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
-    @app.exception_handler(Exception)
-    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.error("request failed", exc_info=exc, extra={"path": request.url.path})
-        return JSONResponse(status_code=500, content={"detail": "internal server error"})
-
+    errors.install(app)
     return app
 
 

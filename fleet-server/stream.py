@@ -53,7 +53,7 @@ def _cursor(last_event_id: str | None, after: int | None) -> int | None:
 
 def _devices(svc: Services) -> list[DeviceOut]:
     with svc.sessions() as session:
-        return queries.list_devices(session)
+        return queries.all_devices(session)
 
 
 def _after(svc: Services, cursor: int) -> list[EventOut]:

@@ -55,7 +55,7 @@ def test_demo_runs_the_whole_stack_and_stops_cleanly(tmp_path: Path) -> None:
         assert line.strip() == f"console: http://127.0.0.1:{port}/", (line, why)
         base = f"http://127.0.0.1:{port}"
 
-        devices = http_json(f"{base}/api/devices")
+        devices = http_json(f"{base}/api/devices")["items"]
         assert sorted(d["device_id"] for d in devices if d["online"]) == ["demo-pole-1", "demo-pole-2"]
 
         detection = _first_sse_detection(f"{base}/api/stream", timeout=60)

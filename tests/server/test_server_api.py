@@ -46,7 +46,8 @@ async def client(database: str) -> AsyncIterator[httpx.AsyncClient]:
 async def test_devices_show_presence_and_last_health(client: httpx.AsyncClient) -> None:
     response = await client.get("/api/devices")
     assert response.status_code == 200
-    devices = {d["device_id"]: d for d in response.json()}
+    assert response.json()["next"] is None
+    devices = {d["device_id"]: d for d in response.json()["items"]}
     assert list(devices) == ["pole-a", "pole-b"]
     assert devices["pole-a"]["online"] is True
     assert devices["pole-a"]["last_health"]["cpu_percent"] == 12.0
@@ -68,17 +69,27 @@ async def test_unknown_device_and_bad_parameters_are_json_errors(client: httpx.A
 
     bad = await client.get("/api/events", params={"limit": 0})
     assert bad.status_code == 422 and bad.headers["content-type"] == "application/json"
-    assert bad.json()["detail"][0]["loc"] == ["query", "limit"]
+    assert bad.json()["detail"] == "invalid request: query.limit: Input should be greater than or equal to 1"
+    assert bad.json()["errors"][0]["loc"] == ["query", "limit"]
+
+    for path in ("/api/events", "/api/camera-health"):
+        forged = await client.get(path, params={"cursor": "drop table"})
+        assert forged.status_code == 422
+        assert forged.json() == {"detail": "cursor 'drop table' is not one this list handed out"}
 
     nowhere = await client.get("/api/nothing-here")
-    assert nowhere.status_code == 404 and nowhere.json() == {"detail": "Not Found"}
+    assert nowhere.status_code == 404 and nowhere.json() == {"detail": "no such path: /api/nothing-here"}
+    wrong_method = await client.delete("/api/events")
+    assert wrong_method.status_code == 405 and wrong_method.json() == {"detail": "DELETE is not allowed on /api/events"}
+    # None of it changed anything.
+    assert len((await client.get("/api/events", params={"limit": 500})).json()["items"]) == 10
 
 
 async def test_events_filter_newest_first_and_paginate_by_id(client: httpx.AsyncClient) -> None:
     everything = (await client.get("/api/events", params={"limit": 500})).json()
     ids = [e["id"] for e in everything["items"]]
     assert len(ids) == 10 and ids == sorted(ids, reverse=True)
-    assert everything["next_before"] is None
+    assert everything["next"] is None
 
     mine = (await client.get("/api/events", params={"device_id": "pole-b"})).json()["items"]
     assert [e["event_id"] for e in mine] == ["b2", "b1", "b0"]
@@ -90,15 +101,15 @@ async def test_events_filter_newest_first_and_paginate_by_id(client: httpx.Async
     assert first["camera_id"] == "cam1" and first["score"] == 0.87 and first["phase"] == "start"
 
     pages: list[list[int]] = []
-    before: int | None = None
+    cursor: str | None = None
     while True:
         params: dict[str, int | str] = {"limit": 4}
-        if before is not None:
-            params["before"] = before
+        if cursor is not None:
+            params["cursor"] = cursor
         page = (await client.get("/api/events", params=params)).json()
         pages.append([e["id"] for e in page["items"]])
-        before = page["next_before"]
-        if before is None:
+        cursor = page["next"]
+        if cursor is None:
             break
     assert [len(p) for p in pages] == [4, 4, 2]
     assert [i for p in pages for i in p] == ids
@@ -135,9 +146,12 @@ async def test_stats_health_console_and_openapi(client: httpx.AsyncClient) -> No
     device_404 = spec["paths"]["/api/devices/{device_id}"]["get"]["responses"]["404"]
     assert device_404["content"]["application/json"]["schema"]["$ref"].endswith("/ErrorOut")
     events_params = {p["name"] for p in spec["paths"]["/api/events"]["get"]["parameters"]}
-    assert events_params == {"device_id", "label", "limit", "before"}
+    assert events_params == {"device_id", "label", "limit", "cursor"}
     assert "text/event-stream" in spec["paths"]["/api/stream"]["get"]["responses"]["200"]["content"]
-    assert spec["components"]["schemas"]["EventPage"]["properties"]["next_before"]
+    for name in ("DevicePage", "EventPage", "CameraHealthPage"):
+        assert set(spec["components"]["schemas"][name]["properties"]) == {"items", "next"}
+    invalid = spec["paths"]["/api/events"]["get"]["responses"]["422"]
+    assert invalid["content"]["application/json"]["schema"]["$ref"].endswith("/ErrorOut")
 
 
 async def test_camera_health_lists_starts_and_ends_and_what_is_still_open(database: str) -> None:
@@ -154,7 +168,7 @@ async def test_camera_health_lists_starts_and_ends_and_what_is_still_open(databa
     ]
     async with api(database, messages) as client:
         everything = (await client.get("/api/camera-health")).json()
-        assert len(everything["items"]) == 6 and everything["next_before"] is None
+        assert len(everything["items"]) == 6 and everything["next"] is None
         ids = [row["id"] for row in everything["items"]]
         assert ids == sorted(ids, reverse=True)
         oldest = everything["items"][-1]
@@ -179,11 +193,44 @@ async def test_camera_health_lists_starts_and_ends_and_what_is_still_open(databa
         ).json()["items"]
         assert len(pole_b_frozen) == 2
         page = (await client.get("/api/camera-health", params={"limit": 4})).json()
-        assert len(page["items"]) == 4 and page["next_before"] == page["items"][-1]["id"]
-        rest = (await client.get("/api/camera-health", params={"before": page["next_before"]})).json()
+        assert len(page["items"]) == 4 and page["next"] == str(page["items"][-1]["id"])
+        rest = (await client.get("/api/camera-health", params={"cursor": page["next"]})).json()
         assert [r["id"] for r in page["items"] + rest["items"]] == ids
         bad = await client.get("/api/camera-health", params={"condition": "on_fire"})
         assert bad.status_code == 422
 
-        devices = {d["device_id"] for d in (await client.get("/api/devices")).json()}
+        devices = {d["device_id"] for d in (await client.get("/api/devices")).json()["items"]}
         assert devices == {"pole-a", "pole-b"}, "camera-health messages register their device"
+
+
+async def test_devices_paginate_by_id_and_filter_by_presence(database: str) -> None:
+    messages: list[AnyMessage] = [presence(f"pole-{c}", "online" if c in "ace" else "offline") for c in "abcde"]
+    async with api(database, messages) as client:
+        seen: list[str] = []
+        cursor: str | None = None
+        while True:
+            params: dict[str, str | int] = {"limit": 2, **({"cursor": cursor} if cursor else {})}
+            page = (await client.get("/api/devices", params=params)).json()
+            assert len(page["items"]) <= 2
+            seen += [d["device_id"] for d in page["items"]]
+            cursor = page["next"]
+            if cursor is None:
+                break
+        assert seen == ["pole-a", "pole-b", "pole-c", "pole-d", "pole-e"]
+        online = (await client.get("/api/devices", params={"online": "true"})).json()["items"]
+        assert [d["device_id"] for d in online] == ["pole-a", "pole-c", "pole-e"]
+
+
+async def test_a_failure_inside_the_server_is_a_json_500_and_the_server_carries_on(database: str) -> None:
+    app = create_app(settings_for(None, database), run_ingest=False)
+    async with app.router.lifespan_context(app):
+        engine = app.state.services.engine
+        with engine.begin() as conn:  # the table behind /api/camera-health vanishes under the server
+            conn.exec_driver_sql("ALTER TABLE camera_health_events RENAME TO gone")
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://fleet") as client:
+            broken = await client.get("/api/camera-health")
+            assert broken.status_code == 500 and broken.headers["content-type"] == "application/json"
+            assert broken.json()["detail"].startswith("internal server error")
+            assert "gone" not in broken.text and "camera_health_events" not in broken.text  # no internals
+            assert (await client.get("/api/devices")).status_code == 200
