@@ -7,15 +7,17 @@ always JSON (`{"detail": "..."}`) and declared in the OpenAPI document.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, HTTPException, Query
+from fastapi import APIRouter, Depends, HTTPException, Query
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
 from . import queries
+from .auth import Requires
 from .pagination import Cursor, Limit, int_cursor
+from .roles import Permission
 from .schemas import CameraHealthPage, DeviceOut, DevicePage, ErrorOut, EventPage, HealthzOut, IngestStatsOut
 from .services import ServicesDep
 
@@ -24,11 +26,25 @@ ERRORS: dict[int | str, dict[str, object]] = {
     422: {"model": ErrorOut, "description": "Invalid parameters or body: `detail` says which and why."},
 }
 
-router = APIRouter(prefix="/api", responses=ERRORS)
+DENIED: dict[int | str, dict[str, object]] = {
+    401: {"model": ErrorOut, "description": "Not signed in and no API token."},
+    403: {"model": ErrorOut, "description": "Signed in, but this role may not do this."},
+}
+
+
+def rule(permission: Permission | None) -> list[Any]:
+    """The one access rule of a route (see auth.py), as its `dependencies`."""
+    return [Depends(Requires(permission))]
+
+
+router = APIRouter(prefix="/api", responses={**ERRORS, **DENIED})
 health_router = APIRouter()
 
 
-@router.get("/devices", tags=["devices"], summary="Every device heard from, by id, paginated")
+@router.get(
+    "/devices", tags=["devices"], summary="Every device heard from, by id, paginated",
+    dependencies=rule(Permission.FLEET_READ),
+)  # fmt: skip
 def list_devices(
     svc: ServicesDep,
     limit: Limit = 50,
@@ -43,6 +59,7 @@ def list_devices(
     "/devices/{device_id}",
     tags=["devices"],
     summary="One device",
+    dependencies=rule(Permission.FLEET_READ),
     responses={404: {"model": ErrorOut, "description": "No message from this device was ever stored."}},
 )
 def get_device(device_id: str, svc: ServicesDep) -> DeviceOut:
@@ -53,7 +70,10 @@ def get_device(device_id: str, svc: ServicesDep) -> DeviceOut:
     return device
 
 
-@router.get("/events", tags=["events"], summary="Stored detections, newest first, paginated")
+@router.get(
+    "/events", tags=["events"], summary="Stored detections, newest first, paginated",
+    dependencies=rule(Permission.FLEET_READ),
+)  # fmt: skip
 def list_events(
     svc: ServicesDep,
     device_id: Annotated[str | None, Query(description="Only this device's events.")] = None,
@@ -70,6 +90,7 @@ def list_events(
     "/camera-health",
     tags=["camera health"],
     summary="Camera-health starts and ends (covered, frozen, blurred, shifted, low_fps), newest first",
+    dependencies=rule(Permission.FLEET_READ),
 )
 def list_camera_health(
     svc: ServicesDep,
@@ -92,7 +113,10 @@ def list_camera_health(
         )
 
 
-@router.get("/ingest/stats", tags=["ingest"], summary="MQTT ingest counters since this process started")
+@router.get(
+    "/ingest/stats", tags=["ingest"], summary="MQTT ingest counters since this process started",
+    dependencies=rule(Permission.INGEST_READ),
+)  # fmt: skip
 async def ingest_stats(svc: ServicesDep) -> IngestStatsOut:
     return svc.ingest.stats.snapshot()
 
@@ -102,6 +126,7 @@ async def ingest_stats(svc: ServicesDep) -> IngestStatsOut:
     response_model=HealthzOut,
     tags=["ops"],
     summary="Liveness: the process serves HTTP and the database answers",
+    dependencies=rule(None),
     responses={503: {"model": HealthzOut, "description": "The database does not answer."}},
 )
 def healthz(svc: ServicesDep) -> HealthzOut | JSONResponse:

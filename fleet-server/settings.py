@@ -53,6 +53,17 @@ class Settings(BaseModel):
     http_host: str = "127.0.0.1"
     http_port: int = Field(default=8080, ge=0, le=65535, description="0 picks a free port.")
     log_level: str = "INFO"
+    session_hours: float = Field(default=12, gt=0, le=24 * 30, description="How long a console sign-in lasts.")
+    cookie_secure: bool = Field(
+        default=False,
+        description="Send the session cookie over HTTPS only: set it when the console is served through TLS.",
+    )
+    login_per_minute_per_client: int = Field(
+        default=20, ge=1, description="Sign-in attempts one address may make per minute."
+    )
+    login_failures_per_user: int = Field(
+        default=5, ge=1, description="Wrong passwords for one username per 15 minutes before it is held."
+    )
 
     def mqtt_password_value(self) -> str | None:
         return self.mqtt_password.get_secret_value() if self.mqtt_password is not None else None

@@ -26,6 +26,8 @@ from fastapi.sse import EventSourceResponse, ServerSentEvent
 from starlette.concurrency import run_in_threadpool
 
 from . import queries
+from .api import DENIED, rule
+from .roles import Permission
 from .schemas import DeviceOut, EventOut
 from .services import Services, ServicesDep
 
@@ -71,6 +73,8 @@ def _latest(svc: Services, count: int) -> list[EventOut]:
     response_class=EventSourceResponse,
     tags=["stream"],
     summary="Live feed: device changes and new detections (server-sent events, resumable)",
+    dependencies=rule(Permission.FLEET_READ),
+    responses=DENIED,
 )
 async def stream(
     svc: ServicesDep,

@@ -12,7 +12,7 @@ import pytest
 from polewatch.fleet_server import create_app
 from polewatch.fleet_server.store import Received
 from polewatch.protocol import AnyMessage
-from support.server import camera_health, detection, health, presence, settings_for
+from support.server import add_token, bearer, camera_health, detection, health, presence, settings_for
 
 
 @contextlib.asynccontextmanager
@@ -23,7 +23,8 @@ async def api(database: str, messages: list[AnyMessage]) -> AsyncIterator[httpx.
         now = datetime.now(timezone.utc)
         store.apply_batch([Received(m, now) for m in messages])
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://fleet") as client:
+        headers = bearer(add_token(database, "admin"))
+        async with httpx.AsyncClient(transport=transport, base_url="http://fleet", headers=headers) as client:
             yield client
 
 
@@ -123,10 +124,12 @@ async def test_stats_health_console_and_openapi(client: httpx.AsyncClient) -> No
     assert healthz.status_code == 200
     assert healthz.json() == {"status": "ok", "database": "ok", "mqtt_connected": False}
 
-    page = await client.get("/")
+    anonymous = await client.get("/", headers={"Authorization": ""})
+    assert anonymous.status_code == 303 and anonymous.headers["location"] == "/login"
+    page = await client.get("/login")
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
-    assert "/static/app.js" in page.text and "/static/style.css" in page.text
-    for asset in ("/static/app.js", "/static/style.css"):
+    assert "/static/login.js" in page.text and "/static/style.css" in page.text
+    for asset in ("/static/app.js", "/static/login.js", "/static/style.css"):
         served = await client.get(asset)
         assert served.status_code == 200
         # The command centre's network is closed: the console must load nothing from elsewhere.
@@ -141,6 +144,14 @@ async def test_stats_health_console_and_openapi(client: httpx.AsyncClient) -> No
         "/api/camera-health",
         "/api/ingest/stats",
         "/api/stream",
+        "/api/auth/login",
+        "/api/auth/logout",
+        "/api/auth/me",
+        "/api/users",
+        "/api/users/{user_id}",
+        "/api/tokens",
+        "/api/tokens/{token_id}",
+        "/api/audit",
         "/healthz",
     }
     device_404 = spec["paths"]["/api/devices/{device_id}"]["get"]["responses"]["404"]
@@ -228,7 +239,8 @@ async def test_a_failure_inside_the_server_is_a_json_500_and_the_server_carries_
         with engine.begin() as conn:  # the table behind /api/camera-health vanishes under the server
             conn.exec_driver_sql("ALTER TABLE camera_health_events RENAME TO gone")
         transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-        async with httpx.AsyncClient(transport=transport, base_url="http://fleet") as client:
+        headers = bearer(add_token(database, "admin"))
+        async with httpx.AsyncClient(transport=transport, base_url="http://fleet", headers=headers) as client:
             broken = await client.get("/api/camera-health")
             assert broken.status_code == 500 and broken.headers["content-type"] == "application/json"
             assert broken.json()["detail"].startswith("internal server error")

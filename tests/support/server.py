@@ -20,6 +20,8 @@ from pydantic import SecretStr
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from polewatch.fleet_server import people
+from polewatch.fleet_server.audit import Actor
 from polewatch.fleet_server.db import make_engine, make_sessionmaker, upgrade
 from polewatch.fleet_server.feed import Feed
 from polewatch.fleet_server.ingest import Ingest
@@ -64,6 +66,38 @@ def settings_for(broker: BrokerProcess | None, db: Path | str, **overrides: Any)
     }
     values.update(overrides)
     return Settings(**values)
+
+
+# --- people ---------------------------------------------------------------------------------------
+
+PASSWORD = "a-long-test-password"
+SETUP = Actor("test:setup")
+
+
+def _people(db: Path | str, change: Callable[[Session], Any]) -> Any:
+    engine = make_engine(database_url(db))
+    try:
+        upgrade(engine)
+        with make_sessionmaker(engine).begin() as session:
+            return change(session)
+    finally:
+        engine.dispose()
+
+
+def add_user(db: Path | str, username: str, role: str = "admin", *, password: str = PASSWORD, **more: Any) -> int:
+    """A person in the database (migrating it first); returns the user id."""
+    return int(
+        _people(db, lambda s: people.create_user(s, SETUP, username=username, password=password, role=role, **more).id)
+    )
+
+
+def add_token(db: Path | str, role: str = "admin", name: str | None = None) -> str:
+    """An API token's secret, made directly in the database (migrating it first)."""
+    return str(_people(db, lambda s: people.create_token(s, SETUP, name=name or f"test-{role}", role=role)[1]))
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
 
 
 # --- messages -------------------------------------------------------------------------------------
