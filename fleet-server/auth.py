@@ -69,7 +69,7 @@ def _by_cookie(session: Session, secret: str) -> Principal:
     ).first()
     if row is None:
         raise _unauthorized("not signed in: sign in at /login")
-    login, user = row.tuple()
+    login, user = row
     if login.revoked_at is not None or login.expires_at <= datetime.now(timezone.utc) or user.disabled:
         raise _unauthorized("your session has ended: sign in again at /login")
     return Principal("user", user.id, user.username, user.role, list(user.sites), session_hash=key)

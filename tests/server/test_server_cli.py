@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -21,6 +22,7 @@ import pytest
 from polewatch.fleet_server.logs import setup_logging
 from support.brokers import USERS, BrokerProcess
 from support.ports import free_port
+from support.server import add_token, bearer
 
 
 @pytest.mark.mqtt
@@ -29,6 +31,7 @@ def test_run_prints_the_console_url_serves_and_stops_cleanly_with_a_stream_open(
     mosquitto_broker: BrokerProcess, tmp_path: Path, database: str, sig: signal.Signals
 ) -> None:
     broker = mosquitto_broker
+    token = add_token(database, "viewer")
     port = free_port()
     command = [
         sys.executable, "-m", "polewatch.fleet_server.cli", "run",
@@ -52,7 +55,12 @@ def test_run_prints_the_console_url_serves_and_stops_cleanly_with_a_stream_open(
             time.sleep(0.1)
 
         # A console with the live stream open must not hold the shutdown up.
-        stream = urllib.request.urlopen(f"{base}/api/stream", timeout=20)
+        # A stream without credentials is refused; with a token it opens.
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(f"{base}/api/stream", timeout=5)
+        assert refused.value.code == 401
+        request = urllib.request.Request(f"{base}/api/stream", headers=bearer(token))
+        stream = urllib.request.urlopen(request, timeout=20)
         assert stream.readline().startswith(b":")
         drained = threading.Thread(target=stream.read, daemon=True)
         drained.start()
