@@ -9,20 +9,23 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, HTTPException, Query
+from fastapi import APIRouter, Depends, HTTPException, Path, Query
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
+from polewatch.protocol.topics import DEVICE_ID_PATTERN
+
 from . import queries
 from .auth import Requires
-from .pagination import Cursor, Limit, int_cursor
+from .pagination import NO_NUL, IdCursor, Limit, int_cursor
 from .roles import Permission
 from .schemas import CameraHealthPage, DeviceOut, DevicePage, ErrorOut, EventPage, HealthzOut, IngestStatsOut
 from .services import ServicesDep
 
 # Declared once for every route, so the OpenAPI document names the one error shape clients get.
 ERRORS: dict[int | str, dict[str, object]] = {
+    400: {"model": ErrorOut, "description": "The body is not JSON."},
     422: {"model": ErrorOut, "description": "Invalid parameters or body: `detail` says which and why."},
 }
 
@@ -48,7 +51,9 @@ health_router = APIRouter()
 def list_devices(
     svc: ServicesDep,
     limit: Limit = 50,
-    cursor: Cursor = None,
+    cursor: Annotated[
+        str | None, Query(pattern=DEVICE_ID_PATTERN, description="`next` of the previous page; none for the first.")
+    ] = None,
     online: Annotated[bool | None, Query(description="Only devices online (true) or offline (false).")] = None,
 ) -> DevicePage:
     with svc.sessions() as session:
@@ -62,7 +67,7 @@ def list_devices(
     dependencies=rule(Permission.FLEET_READ),
     responses={404: {"model": ErrorOut, "description": "No message from this device was ever stored."}},
 )
-def get_device(device_id: str, svc: ServicesDep) -> DeviceOut:
+def get_device(device_id: Annotated[str, Path(pattern=DEVICE_ID_PATTERN)], svc: ServicesDep) -> DeviceOut:
     with svc.sessions() as session:
         device = queries.get_device(session, device_id)
     if device is None:
@@ -76,10 +81,12 @@ def get_device(device_id: str, svc: ServicesDep) -> DeviceOut:
 )  # fmt: skip
 def list_events(
     svc: ServicesDep,
-    device_id: Annotated[str | None, Query(description="Only this device's events.")] = None,
-    label: Annotated[str | None, Query(description="Only this label, e.g. 'person'.")] = None,
+    device_id: Annotated[str | None, Query(pattern=DEVICE_ID_PATTERN, description="Only this device's events.")] = None,
+    label: Annotated[
+        str | None, Query(max_length=64, pattern=NO_NUL, description="Only this label, e.g. 'person'.")
+    ] = None,
     limit: Limit = 50,
-    cursor: Cursor = None,
+    cursor: IdCursor = None,
 ) -> EventPage:
     before = int_cursor(cursor)
     with svc.sessions() as session:
@@ -94,8 +101,10 @@ def list_events(
 )
 def list_camera_health(
     svc: ServicesDep,
-    device_id: Annotated[str | None, Query(description="Only this device's cameras.")] = None,
-    camera_id: Annotated[str | None, Query(description="Only this camera id.")] = None,
+    device_id: Annotated[
+        str | None, Query(pattern=DEVICE_ID_PATTERN, description="Only this device's cameras.")
+    ] = None,
+    camera_id: Annotated[str | None, Query(max_length=64, pattern=NO_NUL, description="Only this camera id.")] = None,
     condition: Annotated[
         Literal["covered", "frozen", "blurred", "shifted", "low_fps"] | None, Query(description="Only this condition.")
     ] = None,
@@ -103,7 +112,7 @@ def list_camera_health(
         bool, Query(alias="open", description="Only conditions still open: starts without their end.")
     ] = False,
     limit: Limit = 50,
-    cursor: Cursor = None,
+    cursor: IdCursor = None,
 ) -> CameraHealthPage:
     before = int_cursor(cursor)
     with svc.sessions() as session:

@@ -11,17 +11,20 @@ from __future__ import annotations
 from typing import Annotated, Generic, TypeVar
 
 from fastapi import HTTPException, Query
+from fastapi import Path as PathParam
 from pydantic import BaseModel, Field
 
 T = TypeVar("T")
 
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 500
+MAX_ROW_ID = 2**63 - 1  # BIGINT on PostgreSQL, INTEGER on SQLite: a larger id cannot be stored, or asked for
 
 Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT, description="Page size.")]
-Cursor = Annotated[
+NO_NUL = r"^[^\x00]*$"  # PostgreSQL text cannot hold NUL: refuse it at the door, on both engines
+IdCursor = Annotated[
     str | None,
-    Query(min_length=1, max_length=200, description="`next` of the previous page; leave out for the first page."),
+    Query(pattern=r"^[0-9]{1,19}$", description="`next` of the previous page; leave out for the first page."),
 ]
 
 
@@ -30,11 +33,14 @@ class Page(BaseModel, Generic[T]):
     next: str | None = Field(description="Pass as `cursor` for the next page; null when this is the last page.")
 
 
+RowIdPath = Annotated[int, PathParam(ge=1, le=MAX_ROW_ID, description="The row id.")]
+
+
 def int_cursor(cursor: str | None) -> int | None:
     """The row id in an id cursor; 422 for anything else."""
     if cursor is None:
         return None
-    if not cursor.isdigit() or len(cursor) > 19:
+    if not (cursor.isascii() and cursor.isdigit()) or int(cursor) > MAX_ROW_ID:
         raise HTTPException(status_code=422, detail=f"cursor {cursor[:40]!r} is not one this list handed out")
     return int(cursor)
 

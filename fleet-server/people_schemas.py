@@ -3,22 +3,34 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, StrictBool
 
 from .models import ApiToken, AuditEntry, User
-from .pagination import Page
+from .pagination import NO_NUL, Page
 from .passwords import MAX_LENGTH, MIN_LENGTH
 from .roles import Role
 
+
+def _not_a_number(value: Any) -> Any:
+    """Pydantic would read 1700000000 as a Unix time; the API promises ISO 8601 text only."""
+    numeric = isinstance(value, str) and value.strip().lstrip("+-").replace(".", "", 1).isdigit()
+    if isinstance(value, int | float) or numeric:
+        raise ValueError("expected a time in ISO 8601 with a zone, e.g. 2026-11-23T02:14:00Z")
+    return value
+
+
+IsoTime = Annotated[AwareDatetime, BeforeValidator(_not_a_number)]
+
 Username = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.@-]+$")
+SiteId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
 SiteList = Field(default=None, max_length=500, description="Technicians: the site ids they work on.")
 
 
 class LoginIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    username: str = Field(min_length=1, max_length=64)
+    username: str = Field(min_length=1, max_length=64, pattern=NO_NUL)
     password: str = Field(min_length=1, max_length=MAX_LENGTH)
 
 
@@ -34,16 +46,16 @@ class UserIn(BaseModel):
     username: str = Username
     password: str = Field(min_length=MIN_LENGTH, max_length=MAX_LENGTH)
     role: Role
-    display_name: str | None = Field(default=None, max_length=200)
-    sites: list[str] | None = SiteList
+    display_name: str | None = Field(default=None, max_length=200, pattern=NO_NUL)
+    sites: list[SiteId] | None = SiteList
 
 
 class UserPatch(BaseModel):
     model_config = ConfigDict(extra="forbid")
     role: Role | None = None
-    display_name: str | None = Field(default=None, max_length=200)
-    sites: list[str] | None = SiteList
-    disabled: bool | None = None
+    display_name: str | None = Field(default=None, max_length=200, pattern=NO_NUL)
+    sites: list[SiteId] | None = SiteList
+    disabled: StrictBool | None = None
     password: str | None = Field(default=None, min_length=MIN_LENGTH, max_length=MAX_LENGTH)
 
 
@@ -71,10 +83,10 @@ class UserPage(Page[UserOut]):
 
 class TokenIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    name: str = Field(min_length=1, max_length=100)
+    name: str = Field(min_length=1, max_length=100, pattern=NO_NUL)
     role: Role
-    sites: list[str] | None = SiteList
-    expires_at: datetime | None = Field(default=None, description="Aware UTC time; none: until revoked.")
+    sites: list[SiteId] | None = SiteList
+    expires_at: IsoTime | None = Field(default=None, description="ISO 8601 with a zone; none: until revoked.")
 
 
 class TokenOut(BaseModel):

@@ -76,12 +76,16 @@ async def test_unknown_device_and_bad_parameters_are_json_errors(client: httpx.A
     for path in ("/api/events", "/api/camera-health"):
         forged = await client.get(path, params={"cursor": "drop table"})
         assert forged.status_code == 422
-        assert forged.json() == {"detail": "cursor 'drop table' is not one this list handed out"}
+        assert forged.json()["detail"].startswith("invalid request: query.cursor: String should match pattern")
+        too_big = await client.get(path, params={"cursor": str(2**63)})
+        assert too_big.json() == {"detail": f"cursor '{2**63}' is not one this list handed out"}
 
     nowhere = await client.get("/api/nothing-here")
     assert nowhere.status_code == 404 and nowhere.json() == {"detail": "no such path: /api/nothing-here"}
     wrong_method = await client.delete("/api/events")
-    assert wrong_method.status_code == 405 and wrong_method.json() == {"detail": "DELETE is not allowed on /api/events"}
+    assert wrong_method.status_code == 405 and wrong_method.headers["allow"] == "GET"
+    assert wrong_method.json() == {"detail": "DELETE is not allowed on /api/events: use GET"}
+    assert (await client.get("/api/stream", params={"after": 2**63})).status_code == 422
     # None of it changed anything.
     assert len((await client.get("/api/events", params={"limit": 500})).json()["items"]) == 10
 
@@ -246,3 +250,22 @@ async def test_a_failure_inside_the_server_is_a_json_500_and_the_server_carries_
             assert broken.json()["detail"].startswith("internal server error")
             assert "gone" not in broken.text and "camera_health_events" not in broken.text  # no internals
             assert (await client.get("/api/devices")).status_code == 200
+
+
+async def test_a_value_the_database_refuses_is_the_clients_422_not_a_500(database: str) -> None:
+    """The safety net behind the parameter patterns: a DataError (e.g. a number out of a column's
+    range) raised while serving a request is answered as bad input."""
+    from sqlalchemy.exc import DataError
+
+    app = create_app(settings_for(None, database), run_ingest=False)
+
+    def refuses() -> None:
+        raise DataError("SELECT 1", {}, ValueError("integer out of range"))
+
+    app.add_api_route("/api/refuses", refuses)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://fleet") as client:
+            answer = await client.get("/api/refuses")
+    assert answer.status_code == 422
+    assert answer.json() == {"detail": "a value in the request cannot be stored or searched for (e.g. a NUL character)"}
