@@ -75,6 +75,16 @@ def run(
         typer.Option(envvar="POLEWATCH_HTTP_PORT", help="Port for the API and console (0: any free port)."),
     ] = _DEFAULTS.http_port,
     log_level: Annotated[str, typer.Option(envvar="POLEWATCH_LOG_LEVEL", help="DEBUG, INFO, WARNING...")] = "INFO",
+    session_hours: Annotated[
+        float, typer.Option(envvar="POLEWATCH_SESSION_HOURS", help="How long a console sign-in lasts.")
+    ] = _DEFAULTS.session_hours,
+    cookie_secure: Annotated[
+        bool,
+        typer.Option(
+            envvar="POLEWATCH_COOKIE_SECURE",
+            help="Send the session cookie over HTTPS only: set it when a TLS proxy serves the console.",
+        ),
+    ] = _DEFAULTS.cookie_secure,
 ) -> None:
     """Serve the REST API and the console, and ingest MQTT, until Ctrl-C or SIGTERM."""
     from pydantic import SecretStr, ValidationError
@@ -94,6 +104,8 @@ def run(
             http_host=http_host,
             http_port=http_port,
             log_level=log_level,
+            session_hours=session_hours,
+            cookie_secure=cookie_secure,
         )
     except ValidationError as exc:
         typer.echo(f"invalid settings:\n{exc}", err=True)

@@ -15,7 +15,7 @@ import secrets
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import delete, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -250,6 +250,11 @@ def check_login(session: Session, username: str, password: str) -> User | None:
 def start_session(session: Session, user: User, lifetime: timedelta, client: str | None) -> tuple[LoginSession, str]:
     secret = secrets.token_urlsafe(32)
     stamp = now()
+    # Housekeeping on the way: sessions that ended can never be used again (the audit log keeps
+    # the sign-ins and sign-outs), so the table holds only live ones.
+    session.execute(
+        delete(LoginSession).where(or_(LoginSession.expires_at <= stamp, LoginSession.revoked_at.is_not(None)))
+    )
     row = LoginSession(token_hash=digest(secret), user_id=user.id, created_at=stamp, expires_at=stamp + lifetime)
     session.add(row)
     actor = Actor(f"user:{user.username}", user.role, client)

@@ -73,6 +73,26 @@ async def test_sign_in_sets_a_strict_http_only_cookie_and_sign_out_ends_it(datab
     assert actions[-2:] == [("user:olga", "session.login"), ("user:olga", "session.logout")]
 
 
+async def test_a_session_ends_when_its_time_is_up_and_ended_sessions_are_cleared(database: str) -> None:
+    add_user(database, "sam", "viewer")
+    async with server(database, session_hours=1 / 3600) as client:  # one second
+        assert (await login(client, "sam")).status_code == 200
+        assert (await client.get("/api/auth/me")).status_code == 200
+        secret = client.cookies["polewatch_session"]
+        await asyncio.sleep(1.2)
+        # The browser drops the cookie at its max-age; one that keeps it anyway is refused.
+        client.cookies.set("polewatch_session", secret)
+        late = await client.get("/api/auth/me")
+        assert late.status_code == 401 and late.json()["detail"].startswith("your session has ended")
+        assert (await login(client, "sam")).status_code == 200  # a new sign-in clears the dead one
+    engine = make_engine(database)
+    try:
+        with engine.connect() as conn:
+            assert conn.exec_driver_sql("SELECT count(*) FROM login_sessions").scalar() == 1
+    finally:
+        engine.dispose()
+
+
 async def test_wrong_passwords_unknown_users_and_disabled_accounts_get_the_same_answer(database: str) -> None:
     add_user(database, "admin1", "admin")
     uid = add_user(database, "vera", "viewer")
