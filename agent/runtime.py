@@ -32,7 +32,7 @@ from .inference.detector import Detection as Found
 from .inference.detector import Detector, load_detector
 from .inference.rules import RuleEngine, RuleHit
 from .inference.tracker import IouTracker, TrackUpdate
-from .uplink.outbox import Outbox
+from .uplink.outbox import Outbox, OutboxError
 from .uplink.session import Uplink
 
 log = logging.getLogger("polewatch.agent")
@@ -336,6 +336,15 @@ class Agent:
 
     async def _report_health(self) -> None:
         while True:
+            # What the outbox gave up since the last report goes first, so the server can tell the
+            # gaps it leaves from messages still on their way (docs/outbox.md, "Gap accounting").
+            try:
+                report = await self.outbox.report_given_up_async()
+            except OutboxError as exc:
+                log.warning("could not queue the report of given-up messages", extra={"error": str(exc)})
+            else:
+                if report is not None:
+                    log.info("given-up report queued", extra={"seq": report.seq, "status": report.status})
             now = time.monotonic()
             body = self.health.snapshot(
                 self.sources,

@@ -244,6 +244,36 @@ class RuleEvent(Body):
         return self
 
 
+class GivenUpRange(Body):
+    """Sequence numbers `first`..`last` (inclusive) that the box gave up, all for one reason and class."""
+
+    first: int = Field(ge=0)
+    last: int = Field(ge=0)
+    priority: Literal["telemetry", "snapshot", "health_event", "alert"] | None = Field(
+        default=None, description="The outbox class of the messages; null when unknown (outbox_replaced)."
+    )
+    reason: Literal["evicted", "expired", "dropped", "not_queued", "outbox_replaced", "skipped"] = Field(
+        description="evicted: to stay under the outbox cap; expired: past the class's time-to-live; dropped: the "
+        "disk could not be written; not_queued: a presence message, published once and never resent (a "
+        "connection's last will may never be used); outbox_replaced: a damaged outbox file was moved aside, with "
+        "whatever still waited in it; skipped: numbers passed over after the agent stopped without closing its "
+        "outbox (messages that had them were held in memory only, or were never made)."
+    )
+
+    @model_validator(mode="after")
+    def _ordered(self) -> GivenUpRange:
+        if self.last < self.first:
+            raise ValueError("last is below first")
+        return self
+
+
+class GivenUp(Body):
+    """Sequence numbers the box will never send, so the server can tell them from messages still on
+    their way. Cumulative reporting is idempotent: the same range may arrive in several reports."""
+
+    ranges: list[GivenUpRange] = Field(min_length=1, max_length=1000)
+
+
 class _Envelope(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
 
@@ -283,8 +313,13 @@ class RuleEventMessage(_Envelope):
     body: RuleEvent
 
 
+class GivenUpMessage(_Envelope):
+    kind: Literal["given_up"] = "given_up"
+    body: GivenUp
+
+
 Message = Annotated[
-    PresenceMessage | HealthMessage | DetectionMessage | CameraHealthMessage | RuleEventMessage,
+    PresenceMessage | HealthMessage | DetectionMessage | CameraHealthMessage | RuleEventMessage | GivenUpMessage,
     Field(discriminator="kind"),
 ]
 # What every v1 receiver handles, and all `decode` returns unless the caller names more kinds.
@@ -293,8 +328,8 @@ CORE_KINDS: tuple[str, ...] = ("presence", "health", "detection", "camera_health
 # Every kind of v1. A kind added after the first fleet server is decoded only by a receiver that asks
 # for it (`decode(..., kinds=KINDS)`): any other receiver rejects it as unknown_kind (counted, acked)
 # instead of taking it for a kind it stores.
-V1Message = AnyMessage | RuleEventMessage
-KINDS: tuple[str, ...] = (*CORE_KINDS, "rule_event")
+V1Message = AnyMessage | RuleEventMessage | GivenUpMessage
+KINDS: tuple[str, ...] = (*CORE_KINDS, "rule_event", "given_up")
 
 _MESSAGE_ADAPTER: TypeAdapter[V1Message] = TypeAdapter(Message)
 _BY_BODY: dict[type[Body], type[V1Message]] = {
@@ -303,6 +338,7 @@ _BY_BODY: dict[type[Body], type[V1Message]] = {
     Detection: DetectionMessage,
     CameraHealth: CameraHealthMessage,
     RuleEvent: RuleEventMessage,
+    GivenUp: GivenUpMessage,
 }
 
 
@@ -310,6 +346,8 @@ _BY_BODY: dict[type[Body], type[V1Message]] = {
 def build(body: Presence | Health | Detection | CameraHealth, *, device_id: str, seq: int) -> AnyMessage: ...
 @overload
 def build(body: RuleEvent, *, device_id: str, seq: int) -> RuleEventMessage: ...
+@overload
+def build(body: GivenUp, *, device_id: str, seq: int) -> GivenUpMessage: ...
 @overload
 def build(body: Body, *, device_id: str, seq: int) -> V1Message: ...
 def build(body: Body, *, device_id: str, seq: int) -> V1Message:

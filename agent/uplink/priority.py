@@ -36,6 +36,8 @@ PRIORITY_OF_KIND: dict[str, Priority] = {
     "camera_health": Priority.HEALTH_EVENT,
     "detection": Priority.ALERT,
     "rule_event": Priority.ALERT,
+    # What the box gave up: as hard to replace as an alert, and the server needs it to account for gaps.
+    "given_up": Priority.ALERT,
 }
 
 

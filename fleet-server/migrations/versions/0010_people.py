@@ -1,7 +1,7 @@
 """People and rights: users, console sessions, API tokens, and the append-only audit log.
 
 Revision ID: 0010
-Revises: 0002
+Revises: 0003
 Create Date: 2026-11-23
 
 Types are spelled out here rather than imported from models.py, so that this migration keeps
@@ -20,7 +20,7 @@ from alembic import op
 from sqlalchemy.dialects import postgresql
 
 revision: str = "0010"
-down_revision: str | None = "0002"
+down_revision: str | None = "0003"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
