@@ -279,11 +279,22 @@ def test_the_first_admin_comes_from_the_command_line(database: str) -> None:
     short = runner.invoke(cli, ["user", "add", "y", "--database-url", database, "--password-stdin"], input="short\n")
     assert short.exit_code == 1 and "10 to 256 characters" in short.output
 
+    # Without --password-stdin it asks twice, hidden, and asks again when the two differ.
+    prompted = runner.invoke(
+        cli, ["user", "add", "vic", "--database-url", database],
+        input="viewer-password-1\nviewer-password-2\nviewer-password-1\nviewer-password-1\n",
+    )  # fmt: skip
+    assert prompted.exit_code == 0, prompted.output
+    assert "do not match" in prompted.output and "added viewer 'vic'" in prompted.output
+    assert "viewer-password-1" not in prompted.output
+
     token = runner.invoke(cli, ["token", "add", "backup-job", "--role", "ops", "--database-url", database])
     assert token.exit_code == 0 and token.output.startswith("pwt_")
 
     rows = audit_rows(database)
-    assert [(r.action, r.actor.startswith("cli:")) for r in rows] == [("user.create", True), ("token.create", True)]
+    assert [(r.action, r.actor.startswith("cli:")) for r in rows] == [
+        ("user.create", True), ("user.create", True), ("token.create", True),
+    ]  # fmt: skip
     assert rows[0].after is not None and rows[0].after["username"] == "root"
 
 
