@@ -14,17 +14,20 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import uvicorn
-from fastapi import FastAPI, Request
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.responses import FileResponse, RedirectResponse
+from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 
 from polewatch import __version__
 
-from . import api, delivery, stream
+from . import api, delivery, errors, people_api, stream
+from .auth import COOKIE, PUBLIC, authenticate, unruled_routes
 from .db import make_engine, make_sessionmaker, safe_url, upgrade
 from .feed import Feed
 from .ingest import Ingest
+from .login_limits import LoginLimits
 from .services import Services
 from .settings import Settings
 from .store import Store
@@ -33,6 +36,8 @@ log = logging.getLogger(__name__)
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 SHUTDOWN_GRACE_S = 5
+# Every router of the app; the access-rule check and the role-matrix test read their routes here.
+ROUTERS = (api.router, delivery.router, stream.router, people_api.router, api.health_router)
 
 
 def create_app(settings: Settings | None = None, *, run_ingest: bool = True, migrate: bool = True) -> FastAPI:
@@ -47,7 +52,10 @@ def create_app(settings: Settings | None = None, *, run_ingest: bool = True, mig
     feed = Feed()
     store = Store(sessions)
     ingest = Ingest(settings, store, feed)
-    services = Services(settings=settings, engine=engine, sessions=sessions, store=store, feed=feed, ingest=ingest)
+    limits = LoginLimits(settings.login_per_minute_per_client, settings.login_failures_per_user)
+    services = Services(
+        settings=settings, engine=engine, sessions=sessions, store=store, feed=feed, ingest=ingest, login_limits=limits
+    )
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -77,22 +85,34 @@ def create_app(settings: Settings | None = None, *, run_ingest: bool = True, mig
         lifespan=lifespan,
     )
     app.state.services = services
-    app.include_router(api.router)
-    app.include_router(delivery.router)
-    app.include_router(stream.router)
-    app.include_router(api.health_router)
+    for router in ROUTERS:
+        app.include_router(router)
 
-    @app.get("/", include_in_schema=False)
-    async def console() -> FileResponse:
+    @app.get("/", include_in_schema=False, dependencies=api.rule(PUBLIC), response_model=None)
+    def console(request: Request) -> FileResponse | RedirectResponse:
+        # Public route, own check: a browser without a session is sent to the sign-in page
+        # rather than shown a JSON 401.
+        if not request.cookies.get(COOKIE):
+            return RedirectResponse("/login", status_code=303)
+        try:
+            authenticate(request, services)
+        except HTTPException:
+            return RedirectResponse("/login", status_code=303)
         return FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-cache"})
+
+    @app.get("/login", include_in_schema=False, dependencies=api.rule(PUBLIC))
+    async def login_page() -> FileResponse:
+        return FileResponse(STATIC_DIR / "login.html", headers={"Cache-Control": "no-cache"})
 
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
-    @app.exception_handler(Exception)
-    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.error("request failed", exc_info=exc, extra={"path": request.url.path})
-        return JSONResponse(status_code=500, content={"detail": "internal server error"})
-
+    errors.install(app)
+    app.state.api_routes = [r for r in app.routes if isinstance(r, APIRoute)] + [
+        r for router in ROUTERS for r in router.routes if isinstance(r, APIRoute)
+    ]
+    missing = unruled_routes(app.state.api_routes)
+    if missing:
+        raise RuntimeError(f"routes without an access rule (see auth.py): {missing}")
     return app
 
 

@@ -14,8 +14,9 @@ import asyncio
 import contextlib
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -58,6 +59,15 @@ def run(
             help="Fixed per replica: the broker keeps this id's session and queued messages.",
         ),
     ] = _DEFAULTS.mqtt_client_id,
+    mqtt_shared_group: Annotated[
+        str,
+        typer.Option(
+            envvar="POLEWATCH_MQTT_SHARED_GROUP",
+            help="Run replicas: the MQTT shared-subscription group ($share/<group>/...) so each message "
+            "goes to one replica. Mosquitto has shared subscriptions; the embedded amqtt broker does "
+            "not ('' for a plain subscription, the default).",
+        ),
+    ] = "",
     http_host: Annotated[
         str, typer.Option(envvar="POLEWATCH_HTTP_HOST", help="Address to serve the API and console on.")
     ] = _DEFAULTS.http_host,
@@ -66,6 +76,16 @@ def run(
         typer.Option(envvar="POLEWATCH_HTTP_PORT", help="Port for the API and console (0: any free port)."),
     ] = _DEFAULTS.http_port,
     log_level: Annotated[str, typer.Option(envvar="POLEWATCH_LOG_LEVEL", help="DEBUG, INFO, WARNING...")] = "INFO",
+    session_hours: Annotated[
+        float, typer.Option(envvar="POLEWATCH_SESSION_HOURS", help="How long a console sign-in lasts.")
+    ] = _DEFAULTS.session_hours,
+    cookie_secure: Annotated[
+        bool,
+        typer.Option(
+            envvar="POLEWATCH_COOKIE_SECURE",
+            help="Send the session cookie over HTTPS only: set it when a TLS proxy serves the console.",
+        ),
+    ] = _DEFAULTS.cookie_secure,
 ) -> None:
     """Serve the REST API and the console, and ingest MQTT, until Ctrl-C or SIGTERM."""
     from pydantic import SecretStr, ValidationError
@@ -81,9 +101,12 @@ def run(
             mqtt_username=mqtt_username or None,
             mqtt_password=SecretStr(mqtt_password) if mqtt_password else None,
             mqtt_client_id=mqtt_client_id,
+            mqtt_shared_group=mqtt_shared_group or None,
             http_host=http_host,
             http_port=http_port,
             log_level=log_level,
+            session_hours=session_hours,
+            cookie_secure=cookie_secure,
         )
     except ValidationError as exc:
         typer.echo(f"invalid settings:\n{exc}", err=True)
@@ -161,6 +184,98 @@ def broker_setup_command(
     typer.echo(f"  start the broker:   mosquitto -c {files.conf}")
     typer.echo(f"  boxes trust:        {files.ca_file}  (copied to each box at enrolment)")
     typer.echo(f"  server secrets:     {files.env_file}  (mode 0600; load it into the server's environment)")
+
+
+user_app = typer.Typer(help="People who sign in to the console and the API.", no_args_is_help=True)
+token_app = typer.Typer(help="API tokens for machines and scripts.", no_args_is_help=True)
+app.add_typer(user_app, name="user")
+app.add_typer(token_app, name="token")
+
+RoleOption = Annotated[
+    str,
+    typer.Option(help="admin (people), ops (fleet), technician (their sites), operator (alerts), viewer (read-only)."),
+]
+SiteOption = Annotated[list[str] | None, typer.Option("--site", help="A site the technician works on (repeatable).")]
+
+
+def _cli_actor() -> Any:
+    import getpass
+
+    from .audit import Actor
+
+    try:
+        who = getpass.getuser()
+    except (KeyError, OSError):
+        who = "unknown"
+    return Actor(f"cli:{who}", None, None)
+
+
+def _people_change(database_url: str, change: Callable[[Any], Any]) -> Any:
+    """Migrate, then run `change` in one transaction; a refused change exits 1 with the reason."""
+    from .db import make_engine, make_sessionmaker, upgrade
+    from .people import PeopleError
+
+    engine = make_engine(database_url)
+    try:
+        upgrade(engine)
+        with make_sessionmaker(engine).begin() as session:
+            return change(session)
+    except PeopleError as exc:
+        typer.echo(f"error: {exc.detail}", err=True)
+        raise typer.Exit(1) from None
+    finally:
+        engine.dispose()
+
+
+@user_app.command("add")
+def user_add(
+    username: Annotated[str, typer.Argument(help="The sign-in name.")],
+    role: RoleOption = "viewer",
+    database_url: DatabaseUrl = _DEFAULTS.database_url,
+    display_name: Annotated[str | None, typer.Option(help="The name the console shows.")] = None,
+    site: SiteOption = None,
+    password_stdin: Annotated[
+        bool, typer.Option(help="Read the password from standard input instead of asking (for scripts).")
+    ] = False,
+) -> None:
+    """Add a person (e.g. the first admin: `polewatch server user add alice --role admin`)."""
+    from .people import create_user
+    from .roles import ROLES
+
+    if role not in ROLES:
+        typer.echo(f"error: unknown role {role!r}: one of {', '.join(ROLES)}", err=True)
+        raise typer.Exit(2)
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = typer.prompt("Password", hide_input=True, confirmation_prompt=True)
+    actor = _cli_actor()
+
+    def change(session: Any) -> str:
+        user = create_user(
+            session, actor, username=username, password=password, role=role, display_name=display_name, sites=site
+        )
+        return f"added {user.role} {user.username!r} (id {user.id})"
+
+    typer.echo(_people_change(database_url, change))
+
+
+@token_app.command("add")
+def token_add(
+    name: Annotated[str, typer.Argument(help="What the token is for, e.g. 'grafana'.")],
+    role: RoleOption = "viewer",
+    database_url: DatabaseUrl = _DEFAULTS.database_url,
+    site: SiteOption = None,
+) -> None:
+    """Make an API token and print its secret (shown this once; send it as 'Authorization: Bearer ...')."""
+    from .people import create_token
+    from .roles import ROLES
+
+    if role not in ROLES:
+        typer.echo(f"error: unknown role {role!r}: one of {', '.join(ROLES)}", err=True)
+        raise typer.Exit(2)
+    actor = _cli_actor()
+    typer.echo(_people_change(database_url, lambda s: create_token(s, actor, name=name, role=role, sites=site)[1]))
 
 
 if __name__ == "__main__":

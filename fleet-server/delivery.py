@@ -16,14 +16,17 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, HTTPException, Query
+from fastapi import APIRouter, HTTPException, Path, Query
 from pydantic import BaseModel, Field, ValidationError
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from polewatch.protocol import OutboxStatus
+from polewatch.protocol.topics import DEVICE_ID_PATTERN
 
+from .api import DENIED, ERRORS, rule
 from .models import Device, DeviceClock, GivenUpRange, GivenUpReport, ReceivedSeqRange
+from .roles import Permission
 from .schemas import ErrorOut
 from .services import ServicesDep
 
@@ -31,7 +34,7 @@ from .services import ServicesDep
 # measurement includes one broker hop, milliseconds on a working link; NTP keeps a box well inside.
 CLOCK_FLAG_S = 5.0
 
-router = APIRouter(prefix="/api")
+router = APIRouter(prefix="/api", responses={**ERRORS, **DENIED})
 
 
 class GapOut(BaseModel):
@@ -192,10 +195,11 @@ def delivery(session: Session, device_id: str, *, limit: int = 100) -> DeliveryO
     "/devices/{device_id}/delivery",
     tags=["devices"],
     summary="Delivery accounting: sequence numbers received, given up by the device (why), still in flight",
+    dependencies=rule(Permission.FLEET_READ),
     responses={404: {"model": ErrorOut, "description": "No message from this device was ever stored."}},
 )
 def get_delivery(
-    device_id: str,
+    device_id: Annotated[str, Path(pattern=DEVICE_ID_PATTERN)],
     svc: ServicesDep,
     limit: Annotated[int, Query(ge=1, le=5000, description="Most gaps to list (the totals count all).")] = 100,
 ) -> DeliveryOut:

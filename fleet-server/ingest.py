@@ -45,6 +45,21 @@ STORED_KINDS: tuple[str, ...] = (*CORE_KINDS, "given_up")
 STORE_RETRY_MAX_S = 10.0
 
 
+def subscription_filters(shared_group: str | None) -> list[str]:
+    """What this replica subscribes to.
+
+    Without a group: every device's up branch. With one: the same branch as an MQTT shared
+    subscription, so the broker hands each message to one replica of the group, plus a plain
+    subscription to presence, because a broker never sends retained messages to a shared
+    subscription and retained presence is how a fresh replica learns which poles are online.
+    Every replica therefore also sees every presence; the store keeps one copy (unique message id)
+    and the others count as duplicates.
+    """
+    if not shared_group:
+        return [topics.all_up()]
+    return [f"$share/{shared_group}/{topics.all_up()}", f"{topics.PREFIX}/+/up/presence"]
+
+
 def reject_reason(exc: Exception) -> str:
     """A short, stable reason code for a rejected message, for counters and alerts on them."""
     if isinstance(exc, topics.TopicError):
@@ -154,7 +169,7 @@ class Ingest:
             extra={
                 "broker": f"{self.settings.mqtt_host}:{self.settings.mqtt_port}",
                 "client_id": self.settings.mqtt_client_id,
-                "subscribed": topics.all_up(),
+                "subscribed": subscription_filters(self.settings.mqtt_shared_group),
                 "connects": st.connects,
             },
         )
@@ -176,8 +191,9 @@ class Ingest:
         with manual acks, a broker that waits for each PUBACK before reading further packets
         (amqtt does, for 5 s) would stall the SUBSCRIBE if nobody were consuming yet.
         """
+        filters = subscription_filters(self.settings.mqtt_shared_group)
         consume = asyncio.create_task(self._consume(client), name="mqtt-consume")
-        subscribe = asyncio.create_task(client.subscribe(topics.all_up(), qos=1), name="mqtt-subscribe")
+        subscribe = asyncio.create_task(client.subscribe([(f, 1) for f in filters]), name="mqtt-subscribe")
         try:
             await asyncio.wait({consume, subscribe}, return_when=asyncio.FIRST_COMPLETED)
             if subscribe.done():
@@ -185,7 +201,7 @@ class Ingest:
                 # MQTT 3.1.1 refuses a subscription (e.g. by ACL) with return code 0x80 in the
                 # SUBACK, not with an error: treat it as a failed connection and retry.
                 if any((code if isinstance(code, int) else code.value) >= 0x80 for code in granted):
-                    raise aiomqtt.MqttError(f"the broker refused the subscription to {topics.all_up()}")
+                    raise aiomqtt.MqttError(f"the broker refused the subscription to {filters}")
                 self._on_connected()
             await consume  # until the connection drops (raises MqttError)
         finally:

@@ -246,3 +246,78 @@ class DeviceClock(Base):
     skew_s: Mapped[float] = mapped_column(Float(), doc="Positive: the device's clock is behind the server's.")
     measured_at: Mapped[datetime] = mapped_column(UtcDateTime(), doc="Server time of the measurement.")
     message_id: Mapped[str] = mapped_column(String(36), doc="The message it was measured on.")
+
+
+# --- people and rights ---------------------------------------------------------------------------
+
+
+class User(Base):
+    """A person who signs in to the console or the API. Never deleted (the audit log names them):
+    `disabled` ends their access."""
+
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(RowId, primary_key=True, autoincrement=True)
+    username: Mapped[str] = mapped_column(String(64), unique=True)
+    display_name: Mapped[str | None] = mapped_column(String(200), default=None)
+    role: Mapped[str] = mapped_column(String(16))
+    sites: Mapped[list[str]] = mapped_column(JsonDoc, doc="Technicians: the sites they are assigned to.")
+    password_hash: Mapped[str] = mapped_column(String(255))
+    disabled: Mapped[bool] = mapped_column(Boolean(), default=False)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
+class LoginSession(Base):
+    """A console sign-in: the cookie carries a random token, the table only its SHA-256."""
+
+    __tablename__ = "login_sessions"
+    __table_args__ = (Index("ix_login_sessions_user_id", "user_id"),)
+
+    token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[int] = mapped_column(RowId, ForeignKey("users.id"))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    expires_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    revoked_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), default=None)
+
+
+class ApiToken(Base):
+    """A machine's credential (Authorization: Bearer ...), with its own role; only its SHA-256 is kept."""
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[int] = mapped_column(RowId, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(100))
+    role: Mapped[str] = mapped_column(String(16))
+    sites: Mapped[list[str]] = mapped_column(JsonDoc)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_by: Mapped[str] = mapped_column(String(100), doc="Who made it, as the audit log names them.")
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    expires_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), default=None)
+    revoked_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), default=None)
+
+
+class AuditEntry(Base):
+    """One change made by a person, a token or the command line: who, what, when, before/after.
+
+    Append-only: no code path updates or deletes a row, and the migration adds triggers that make
+    the database itself refuse UPDATE and DELETE on this table.
+    """
+
+    __tablename__ = "audit_log"
+    __table_args__ = (
+        Index("ix_audit_log_actor_id", "actor", "id"),
+        Index("ix_audit_log_target_id", "target_type", "target_id", "id"),
+        {"sqlite_autoincrement": True},
+    )
+
+    id: Mapped[int] = mapped_column(RowId, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(UtcDateTime())
+    actor: Mapped[str] = mapped_column(String(120), doc="user:<name>, token:<name> or cli:<os user>.")
+    actor_role: Mapped[str | None] = mapped_column(String(16))
+    action: Mapped[str] = mapped_column(String(64), doc="e.g. user.create, token.revoke, session.login.")
+    target_type: Mapped[str] = mapped_column(String(32))
+    target_id: Mapped[str | None] = mapped_column(String(120))
+    before: Mapped[dict[str, Any] | None] = mapped_column(JsonDoc)
+    after: Mapped[dict[str, Any] | None] = mapped_column(JsonDoc)
+    client: Mapped[str | None] = mapped_column(String(64), doc="The client's address, when over HTTP.")

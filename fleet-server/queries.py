@@ -10,12 +10,27 @@ from sqlalchemy import and_, func, select
 from sqlalchemy.orm import Session, aliased
 
 from .models import CameraHealthEvent, Device, Event
-from .schemas import CameraHealthOut, CameraHealthPage, DeviceOut, EventOut, EventPage
+from .pagination import DEFAULT_LIMIT, split
+from .schemas import CameraHealthOut, CameraHealthPage, DeviceOut, DevicePage, EventOut, EventPage
 
 
-def list_devices(session: Session) -> list[DeviceOut]:
+def all_devices(session: Session) -> list[DeviceOut]:
+    """Every device (the live stream's snapshot)."""
     rows = session.scalars(select(Device).order_by(Device.device_id))
     return [DeviceOut.of(row) for row in rows]
+
+
+def list_devices(
+    session: Session, *, limit: int = DEFAULT_LIMIT, after: str | None = None, online: bool | None = None
+) -> DevicePage:
+    """By device id; `after` is the keyset cursor (the last id of the previous page)."""
+    query = select(Device).order_by(Device.device_id).limit(limit + 1)
+    if after is not None:
+        query = query.where(Device.device_id > after)
+    if online is not None:
+        query = query.where(Device.online == online)
+    rows, more = split(list(session.scalars(query)), limit)
+    return DevicePage(items=[DeviceOut.of(r) for r in rows], next=rows[-1].device_id if more and rows else None)
 
 
 def get_device(session: Session, device_id: str) -> DeviceOut | None:
@@ -28,7 +43,7 @@ def list_events(
     *,
     device_id: str | None = None,
     label: str | None = None,
-    limit: int = 50,
+    limit: int = DEFAULT_LIMIT,
     before: int | None = None,
 ) -> EventPage:
     """Newest first; `before` is the keyset cursor (an id), stable while new events arrive."""
@@ -39,10 +54,8 @@ def list_events(
         query = query.where(Event.label == label)
     if before is not None:
         query = query.where(Event.id < before)
-    rows = list(session.scalars(query))
-    more = len(rows) > limit
-    items = [EventOut.of(row) for row in rows[:limit]]
-    return EventPage(items=items, next_before=items[-1].id if more and items else None)
+    rows, more = split(list(session.scalars(query)), limit)
+    return EventPage(items=[EventOut.of(r) for r in rows], next=str(rows[-1].id) if more and rows else None)
 
 
 def events_after(session: Session, after: int, limit: int) -> list[EventOut]:
@@ -68,7 +81,7 @@ def list_camera_health(
     camera_id: str | None = None,
     condition: str | None = None,
     open_only: bool = False,
-    limit: int = 50,
+    limit: int = DEFAULT_LIMIT,
     before: int | None = None,
 ) -> CameraHealthPage:
     """Newest first, keyset-paginated by id like the events.
@@ -117,7 +130,6 @@ def list_camera_health(
             .exists()
         )
         query = query.where(row.phase == "start", ~ended, ~superseded)
-    rows = list(session.scalars(query))
-    more = len(rows) > limit
-    items = [CameraHealthOut.of(r) for r in rows[:limit]]
-    return CameraHealthPage(items=items, next_before=items[-1].id if more and items else None)
+    rows, more = split(list(session.scalars(query)), limit)
+    items = [CameraHealthOut.of(r) for r in rows]
+    return CameraHealthPage(items=items, next=str(rows[-1].id) if more and rows else None)

@@ -15,14 +15,22 @@ from pydantic import BaseModel, Field, ValidationError
 from polewatch.protocol import Box, Health
 
 from .models import CameraHealthEvent, Device, Event
+from .pagination import Page
 
 log = logging.getLogger(__name__)
 
 
-class ErrorOut(BaseModel):
-    """Every error response: a human-readable reason."""
+class FieldError(BaseModel):
+    loc: list[str] = Field(description="Where: e.g. ['query', 'limit'].")
+    msg: str
+    type: str
 
-    detail: str
+
+class ErrorOut(BaseModel):
+    """Every error response: a human-readable reason, and for invalid input what was wrong where."""
+
+    detail: str = Field(description="What went wrong, in a sentence.")
+    errors: list[FieldError] | None = Field(default=None, description="Invalid input only: one entry per problem.")
 
 
 class DeviceOut(BaseModel):
@@ -55,6 +63,10 @@ class DeviceOut(BaseModel):
             last_health=health,
             last_health_at=row.last_health_at,
         )
+
+
+class DevicePage(Page[DeviceOut]):
+    """By device id."""
 
 
 class EventOut(BaseModel):
@@ -97,11 +109,8 @@ class EventOut(BaseModel):
         )
 
 
-class EventPage(BaseModel):
-    items: list[EventOut] = Field(description="Newest first.")
-    next_before: int | None = Field(
-        description="Pass as `before` to get the next (older) page; null when this is the last page."
-    )
+class EventPage(Page[EventOut]):
+    """Newest first."""
 
 
 class CameraHealthOut(BaseModel):
@@ -144,11 +153,8 @@ class CameraHealthOut(BaseModel):
         )
 
 
-class CameraHealthPage(BaseModel):
-    items: list[CameraHealthOut] = Field(description="Newest first.")
-    next_before: int | None = Field(
-        description="Pass as `before` to get the next (older) page; null when this is the last page."
-    )
+class CameraHealthPage(Page[CameraHealthOut]):
+    """Newest first."""
 
 
 class IngestStatsOut(BaseModel):

@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from .feed import Feed
 from .ingest import Ingest
+from .login_limits import LoginLimits
 from .settings import Settings
 from .store import Store
 
@@ -23,6 +24,7 @@ class Services:
     store: Store
     feed: Feed
     ingest: Ingest
+    login_limits: LoginLimits
 
 
 async def get_services(request: Request) -> Services:

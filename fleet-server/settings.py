@@ -36,6 +36,15 @@ class Settings(BaseModel):
         "the QoS 1 messages queued while it was away). Up to 23 characters is what every MQTT "
         "3.1.1 broker must accept.",
     )
+    mqtt_shared_group: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9_.-]{1,64}$",
+        description="Replicas: subscribe through the MQTT shared subscription $share/<group>/..., so "
+        "the broker hands each message to one replica of the group. Only for brokers that have "
+        "shared subscriptions (Mosquitto does; the embedded amqtt broker does not, and there a "
+        "shared filter would silently match nothing). None: a plain subscription (one replica, or "
+        "every replica sees everything and the idempotent store keeps one copy).",
+    )
     mqtt_keepalive_s: int = Field(default=30, ge=5, le=600)
     mqtt_reconnect_min_s: float = Field(
         default=0.5, gt=0, description="First reconnect delay; doubles per failed attempt."
@@ -44,6 +53,17 @@ class Settings(BaseModel):
     http_host: str = "127.0.0.1"
     http_port: int = Field(default=8080, ge=0, le=65535, description="0 picks a free port.")
     log_level: str = "INFO"
+    session_hours: float = Field(default=12, gt=0, le=24 * 30, description="How long a console sign-in lasts.")
+    cookie_secure: bool = Field(
+        default=False,
+        description="Send the session cookie over HTTPS only: set it when the console is served through TLS.",
+    )
+    login_per_minute_per_client: int = Field(
+        default=20, ge=1, description="Sign-in attempts one address may make per minute."
+    )
+    login_failures_per_user: int = Field(
+        default=5, ge=1, description="Wrong passwords for one username per 15 minutes before it is held."
+    )
 
     def mqtt_password_value(self) -> str | None:
         return self.mqtt_password.get_secret_value() if self.mqtt_password is not None else None

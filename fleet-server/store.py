@@ -99,6 +99,7 @@ class Store:
         """
         try:
             with self._sessions.begin() as session:
+                _lock_devices(session, {item.message.device_id for item in batch})
                 return [self._apply(session, item) for item in batch]
         except OperationalError as exc:
             raise TransientStoreError(str(exc.orig) if exc.orig else str(exc)) from exc
@@ -304,6 +305,21 @@ class Store:
             device.agent_version = _clip(body.agent_version, 64)
         session.flush()
         return Outcome(device=DeviceOut.of(device))
+
+
+def _lock_devices(session: Session, device_ids: set[str]) -> None:
+    """Lock the batch's existing device rows up front, in one order (by id).
+
+    Replicas on PostgreSQL write the same devices at once; taking the row locks in message order
+    would let two batches lock pole-a/pole-b in opposite orders and deadlock. (A deadlock would
+    still only cost a retry: it is an OperationalError, so the batch is held and stored again.)
+    SQLite has one writer at a time and no row locks: nothing to do.
+    """
+    if session.get_bind().dialect.name == "sqlite" or not device_ids:
+        return
+    session.execute(
+        select(Device.device_id).where(Device.device_id.in_(sorted(device_ids))).order_by(Device.device_id).with_for_update()
+    ).all()
 
 
 def note_received(session: Session, device_id: str, seq: int) -> None:

@@ -26,6 +26,9 @@ from fastapi.sse import EventSourceResponse, ServerSentEvent
 from starlette.concurrency import run_in_threadpool
 
 from . import queries
+from .api import DENIED, rule
+from .pagination import MAX_ROW_ID
+from .roles import Permission
 from .schemas import DeviceOut, EventOut
 from .services import Services, ServicesDep
 
@@ -45,7 +48,7 @@ def _detection(event: EventOut | dict[str, Any], row_id: int) -> ServerSentEvent
 def _cursor(last_event_id: str | None, after: int | None) -> int | None:
     if last_event_id is not None and last_event_id.strip():
         try:
-            return max(0, int(last_event_id.strip()))
+            return min(MAX_ROW_ID, max(0, int(last_event_id.strip())))
         except ValueError:
             log.warning("ignoring a Last-Event-ID that is not ours", extra={"last_event_id": last_event_id[:80]})
     return after
@@ -53,7 +56,7 @@ def _cursor(last_event_id: str | None, after: int | None) -> int | None:
 
 def _devices(svc: Services) -> list[DeviceOut]:
     with svc.sessions() as session:
-        return queries.list_devices(session)
+        return queries.all_devices(session)
 
 
 def _after(svc: Services, cursor: int) -> list[EventOut]:
@@ -71,6 +74,8 @@ def _latest(svc: Services, count: int) -> list[EventOut]:
     response_class=EventSourceResponse,
     tags=["stream"],
     summary="Live feed: device changes and new detections (server-sent events, resumable)",
+    dependencies=rule(Permission.FLEET_READ),
+    responses=DENIED,
 )
 async def stream(
     svc: ServicesDep,
@@ -78,7 +83,8 @@ async def stream(
         str | None, Header(description="Sent by EventSource on reconnect: replay detections after this id.")
     ] = None,
     after: Annotated[
-        int | None, Query(ge=0, description="Replay detections with an id above this (if no Last-Event-ID).")
+        int | None,
+        Query(ge=0, le=MAX_ROW_ID, description="Replay detections with an id above this (if no Last-Event-ID)."),
     ] = None,
     backlog: Annotated[
         int,

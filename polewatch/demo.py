@@ -102,16 +102,49 @@ def _http_ok(url: str) -> bool:
         return False
 
 
-def _online_devices(base: str) -> int:
+def _online_devices(base: str, token: str) -> int:
     import json
 
+    request = urllib.request.Request(f"{base}/api/devices", headers={"Authorization": f"Bearer {token}"})
     try:
-        with urllib.request.urlopen(f"{base}/api/devices", timeout=1) as response:
+        with urllib.request.urlopen(request, timeout=1) as response:
             payload = json.load(response)
     except (OSError, ValueError):
         return 0
     items = payload["items"] if isinstance(payload, dict) else payload
     return sum(1 for d in items if d.get("online"))
+
+
+@dataclass(frozen=True)
+class DemoLogin:
+    username: str
+    password: str
+    token: str  # the demo's own viewer token, to watch for the poles coming online
+
+
+def demo_login(state: Path) -> DemoLogin:
+    """The demo's sign-in, made with the real `polewatch server user add` / `token add` commands
+    (which also migrate the fresh database); kept in the state dir so a reused one signs in the same."""
+    import json
+
+    saved = state / "demo-login.json"
+    if saved.exists() and (state / "fleet.db").exists():
+        return DemoLogin(**json.loads(saved.read_text(encoding="utf-8")))
+    python = [sys.executable, "-m", "polewatch", "server"]
+    url = ["--database-url", f"sqlite:///{state / 'fleet.db'}"]
+
+    def run(*args: str, stdin: str | None = None) -> str:
+        done = subprocess.run([*python, *args, *url], input=stdin, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            raise DemoError(f"polewatch server {' '.join(args[:2])} failed: {(done.stderr or done.stdout).strip()}")
+        return done.stdout.strip()
+
+    password = secrets.token_urlsafe(12)
+    run("user", "add", "demo", "--role", "admin", "--display-name", "Demo", "--password-stdin", stdin=password + "\n")
+    login = DemoLogin("demo", password, run("token", "add", "demo-watch", "--role", "viewer"))
+    saved.write_text(json.dumps(login.__dict__), encoding="utf-8")
+    saved.chmod(0o600)
+    return login
 
 
 def build_stack(state: Path, *, http_port: int, poles: int) -> tuple[list[Child], str]:
@@ -176,20 +209,25 @@ def run_demo(*, port: int, state_dir: Path | None, poles: int) -> int:
         signal.signal(signal.SIGTERM, request_stop)
         try:
             with console.status("starting the embedded broker, the fleet server and the poles…"):
+                login = demo_login(state)
                 for child in children:
                     child.start()
                 _wait_until(lambda: _http_ok(f"{base}/healthz"), "the server answering", 60, children)
-                _wait_until(lambda: _online_devices(base) >= poles, f"{poles} poles online", 120, children)
+                _wait_until(
+                    lambda: _online_devices(base, login.token) >= poles, f"{poles} poles online", 120, children
+                )
             console.print(
                 f"[green]Polewatch demo ready[/green] in {time.monotonic() - started:.1f} s: "
                 f"{poles} poles online, detections streaming.\n"
                 f"  console:   [bold]{base}/[/bold]\n"
+                f"  sign in:   [bold]{login.username}[/bold] / [bold]{login.password}[/bold]\n"
                 f"  API:       {base}/docs\n"
                 f"  logs & db: {state}\n"
                 "Press Ctrl-C to stop.",
                 highlight=False,
             )
             print(f"console: {base}/", flush=True)
+            print(f"login: {login.username} {login.password}", flush=True)
             while not stop_requested:
                 for child in children:
                     child.check_alive()

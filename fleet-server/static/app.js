@@ -147,7 +147,8 @@
     source.addEventListener("error", () => {
       if (source.readyState === EventSource.CLOSED) {
         setLink("down", "disconnected — retrying");
-        setTimeout(connect, RETRY_MS);
+        // The stream is refused when the session has ended (401): then sign in again.
+        whoami().then((me) => { if (me) setTimeout(connect, RETRY_MS); });
       } else {
         setLink("connecting", "reconnecting…");
       }
@@ -170,9 +171,36 @@
     setTimeout(() => { initial = false; }, 1000);
   }
 
+  // --- who is signed in -------------------------------------------------------------------------
+
+  async function whoami() {
+    try {
+      const response = await fetch("/api/auth/me", { credentials: "same-origin" });
+      if (response.status === 401) {
+        window.location.assign("/login");
+        return null;
+      }
+      if (!response.ok) return {};
+      const me = await response.json();
+      $("whoami").textContent = `${me.name} (${me.role})`;
+      return me;
+    } catch (err) {
+      return {}; // server unreachable: keep retrying the stream
+    }
+  }
+
+  $("sign-out").addEventListener("click", async () => {
+    try {
+      await fetch("/api/auth/logout", { method: "POST", credentials: "same-origin" });
+    } finally {
+      window.location.assign("/login");
+    }
+  });
+
   setInterval(() => {
     for (const cell of deviceRows.querySelectorAll(".last-seen")) cell.textContent = ago(cell.dataset.time);
   }, 5000);
 
+  whoami();
   connect();
 })();

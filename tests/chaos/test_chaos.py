@@ -47,7 +47,7 @@ class Stack:
     def __init__(self, broker: BrokerProcess, root: Path) -> None:
         self.broker = broker
         self.root = root
-        self.server, self.base, self.db = start_server(broker, root / "server")
+        self.server, self.base, self.db, self.token = start_server(broker, root / "server")
         self.agent: Child | None = None
         self.log = root / "agent" / f"{DEVICE}.log"
         self.state = root / "agent" / "state"
@@ -79,6 +79,7 @@ class Stack:
         if self.agent is not None:
             self.agent.stop(timeout=20)
         result = tally(scenario, log=self.log, db=self.db, state_dir=state_dir or self.state, base=self.base,
+                       token=self.token,
                        device=DEVICE)
         print(result.line())
         return result
@@ -186,7 +187,7 @@ def test_network_blackholed_for_longer_than_the_keepalive(stack: Stack, rng: ran
     lost = [r for r in records if r.get("message") == LINK_LOST and _ts(r) >= cut_at]
     assert lost, "the agent found out from its keepalive, without any close"
     assert proxy.connections >= 2, "and reconnected"
-    presence = http_json(f"{stack.base}/api/devices/{DEVICE}") or {}
+    presence = http_json(f"{stack.base}/api/devices/{DEVICE}", stack.token) or {}
     assert presence.get("presence_reason") in ("shutdown", "connection lost")
 
 
@@ -275,7 +276,7 @@ def test_outbox_cap_reached_during_a_long_outage(stack: Stack, rng: random.Rando
     assert result.evicted == 0 and result.stored + result.waiting == result.sent
     stored = stored_ids(stack.db, DEVICE)
     assert {a.id for a in old_alerts} <= stored, "the alerts from before the agent started are all stored"
-    status = (http_json(f"{stack.base}/api/devices/{DEVICE}/delivery") or {}).get("outbox") or {}
+    status = (http_json(f"{stack.base}/api/devices/{DEVICE}/delivery", stack.token) or {}).get("outbox") or {}
     assert status.get("evicted", {}).get("telemetry", 0) > 0 and status.get("evicted", {}).get("alert") == 0
 
 

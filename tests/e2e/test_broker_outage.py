@@ -19,12 +19,13 @@ def _accepted(log: Path) -> list[dict[str, object]]:
 
 
 def test_no_event_is_lost_when_the_broker_is_killed(broker: BrokerProcess, tmp_path: Path) -> None:
-    server, base, db = start_server(broker, tmp_path / "server")
+    server, base, db, token = start_server(broker, tmp_path / "server")
     agent = start_agent(broker, tmp_path / "agent", fps=8, log_level="DEBUG")
     log = tmp_path / "agent" / "pole-a.log"
     try:
         wait_until(lambda: len(_accepted(log)) >= 5, 60, "first events accepted", [server, agent])
-        wait_until(lambda: (http_json(f"{base}/api/events?limit=1") or {}).get("items"), 30, "first event stored")
+        first = f"{base}/api/events?limit=1"
+        wait_until(lambda: (http_json(first, token) or {}).get("items"), 30, "first event stored")
 
         broker.kill()
         killed_at = time.time()

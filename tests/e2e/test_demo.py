@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.cookiejar
 import json
 import os
 import signal
@@ -11,6 +12,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -20,10 +22,27 @@ from support.stack import http_json, wait_until
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 
-def _first_sse_detection(url: str, timeout: float) -> dict[str, object]:
+def _signed_in(base: str, username: str, password: str) -> urllib.request.OpenerDirector:
+    """A client holding the session cookie the console's sign-in page would get."""
+    opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()))
+    body = json.dumps({"username": username, "password": password}).encode()
+    request = urllib.request.Request(
+        f"{base}/api/auth/login", data=body, headers={"Content-Type": "application/json"}, method="POST"
+    )
+    with opener.open(request, timeout=10) as response:
+        assert json.load(response)["name"] == username
+    return opener
+
+
+def _get_json(opener: urllib.request.OpenerDirector, url: str) -> Any:
+    with opener.open(url, timeout=5) as response:
+        return json.load(response)
+
+
+def _first_sse_detection(opener: urllib.request.OpenerDirector, url: str, timeout: float) -> dict[str, object]:
     """Read the live stream until a detection arrives (what the console's EventSource gets)."""
     deadline = time.monotonic() + timeout
-    with urllib.request.urlopen(url, timeout=timeout) as response:
+    with opener.open(url, timeout=timeout) as response:
         event = None
         while time.monotonic() < deadline:
             line = response.readline().decode().rstrip("\n")
@@ -54,11 +73,15 @@ def test_demo_runs_the_whole_stack_and_stops_cleanly(tmp_path: Path) -> None:
         why = demo.stderr.read() if demo.poll() is not None and demo.stderr is not None else ""
         assert line.strip() == f"console: http://127.0.0.1:{port}/", (line, why)
         base = f"http://127.0.0.1:{port}"
+        login = demo.stdout.readline().split()
+        assert login[0] == "login:" and login[1] == "demo" and len(login[2]) >= 10, login
 
-        devices = http_json(f"{base}/api/devices")
+        assert http_json(f"{base}/api/devices") is None, "the API is closed without signing in"
+        session = _signed_in(base, login[1], login[2])
+        devices = _get_json(session, f"{base}/api/devices")["items"]
         assert sorted(d["device_id"] for d in devices if d["online"]) == ["demo-pole-1", "demo-pole-2"]
 
-        detection = _first_sse_detection(f"{base}/api/stream", timeout=60)
+        detection = _first_sse_detection(session, f"{base}/api/stream", timeout=60)
         assert detection["device_id"] in {"demo-pole-1", "demo-pole-2"}
         assert detection["label"] in {"person", "car", "truck", "bus", "bicycle", "motorcycle"}
 

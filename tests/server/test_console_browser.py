@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from support.brokers import BrokerProcess
 from support.required import require_binary
-from support.server import detection, health, live_server, pole, presence, settings_for, wait_for
+from support.server import (
+    PASSWORD,
+    add_token,
+    add_user,
+    bearer,
+    detection,
+    health,
+    live_server,
+    pole,
+    presence,
+    settings_for,
+    wait_for,
+)
 
 pytestmark = [pytest.mark.browser, pytest.mark.mqtt, pytest.mark.e2e]
 
@@ -23,14 +33,16 @@ CHROMIUM_ARGS = [
 
 
 async def test_console_shows_devices_and_pushes_new_detections_without_reload(
-    mosquitto_broker: BrokerProcess, tmp_path: Path
+    mosquitto_broker: BrokerProcess, database: str
 ) -> None:
     chromium = require_binary("chromium", "apt-get install chromium", candidates=("/usr/bin/chromium",))
     playwright_api = pytest.importorskip("playwright.async_api", reason="needs the dev extra (playwright)")
     broker = mosquitto_broker
+    add_user(database, "olga", "operator")
+    token = add_token(database, "viewer")
 
     async with (
-        live_server(settings_for(broker, tmp_path / "fleet.db")) as base,
+        live_server(settings_for(broker, database)) as base,
         pole(broker, "pole-a") as pa,
         pole(broker, "pole-b") as pb,
     ):
@@ -40,7 +52,7 @@ async def test_console_shows_devices_and_pushes_new_detections_without_reload(
         await pb.send(health("pole-b", cpu=91.0, memory=35.0, fps=9.0))
         before = detection("pole-a", label="person", camera="cam1", score=0.91)
         await pa.send(before)
-        await wait_for(lambda: _stored(base, before.id), what="the first detection to be stored")
+        await wait_for(lambda: _stored(base, token, before.id), what="the first detection to be stored")
 
         async with playwright_api.async_playwright() as pw:
             browser = await pw.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
@@ -49,8 +61,20 @@ async def test_console_shows_devices_and_pushes_new_detections_without_reload(
                 errors: list[str] = []
                 page.on("pageerror", lambda exc: errors.append(str(exc)))
                 page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
-                await page.goto(base)
                 expect = playwright_api.expect
+                # Not signed in: the console sends the browser to the sign-in page.
+                await page.goto(base)
+                await expect(page).to_have_url(f"{base}login")
+                await page.fill("#username", "olga")
+                await page.fill("#password", "not-the-password")
+                await page.click("#sign-in")
+                await expect(page.locator("#login-error")).to_have_text(
+                    "wrong username or password, or the account is disabled"
+                )
+                await page.fill("#password", PASSWORD)
+                await page.click("#sign-in")
+                await expect(page).to_have_url(base)
+                await expect(page.locator("#whoami")).to_have_text("olga (operator)")
 
                 rows = page.locator("#device-rows tr")
                 await expect(rows).to_have_count(2)
@@ -88,14 +112,22 @@ async def test_console_shows_devices_and_pushes_new_detections_without_reload(
                 await expect(row_b.locator(".badge")).to_have_text("offline")
                 await expect(page.locator("#device-count")).to_have_text("1 of 2 online")
 
-                assert navigations == [] and errors == []
+                assert navigations == []
+                # The one console error allowed: the browser logging the refused first sign-in.
+                assert [e for e in errors if "401" not in e] == []
+
+                # Signing out ends the session and returns to the sign-in page.
+                await page.click("#sign-out")
+                await expect(page).to_have_url(f"{base}login")
+                await page.goto(base)
+                await expect(page).to_have_url(f"{base}login")
             finally:
                 await browser.close()
 
 
-async def _stored(base: str, message_id: str) -> bool:
+async def _stored(base: str, token: str, message_id: str) -> bool:
     import httpx
 
-    async with httpx.AsyncClient(base_url=base) as http:
+    async with httpx.AsyncClient(base_url=base, headers=bearer(token)) as http:
         items = (await http.get("api/events")).json()["items"]
     return any(item["message_id"] == message_id for item in items)

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -21,20 +22,22 @@ import pytest
 from polewatch.fleet_server.logs import setup_logging
 from support.brokers import USERS, BrokerProcess
 from support.ports import free_port
+from support.server import add_token, bearer
 
 
 @pytest.mark.mqtt
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["sigterm", "ctrl-c"])
 def test_run_prints_the_console_url_serves_and_stops_cleanly_with_a_stream_open(
-    mosquitto_broker: BrokerProcess, tmp_path: Path, sig: signal.Signals
+    mosquitto_broker: BrokerProcess, tmp_path: Path, database: str, sig: signal.Signals
 ) -> None:
     broker = mosquitto_broker
+    token = add_token(database, "viewer")
     port = free_port()
     command = [
         sys.executable, "-m", "polewatch.fleet_server.cli", "run",
-        "--database-url", f"sqlite:///{tmp_path / 'fleet.db'}",
+        "--database-url", database,
         "--mqtt-host", broker.host, "--mqtt-port", str(broker.port),
-        "--http-host", "127.0.0.1", "--http-port", str(port),
+        "--http-host", "127.0.0.1", "--http-port", str(port), "--mqtt-shared-group", "fleet",
     ]  # fmt: skip
     env = {**os.environ, "POLEWATCH_MQTT_PASSWORD": USERS["fleet-server"]}
     stderr_path = tmp_path / "server.stderr"
@@ -52,7 +55,12 @@ def test_run_prints_the_console_url_serves_and_stops_cleanly_with_a_stream_open(
             time.sleep(0.1)
 
         # A console with the live stream open must not hold the shutdown up.
-        stream = urllib.request.urlopen(f"{base}/api/stream", timeout=20)
+        # A stream without credentials is refused; with a token it opens.
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(f"{base}/api/stream", timeout=5)
+        assert refused.value.code == 401
+        request = urllib.request.Request(f"{base}/api/stream", headers=bearer(token))
+        stream = urllib.request.urlopen(request, timeout=20)
         assert stream.readline().startswith(b":")
         drained = threading.Thread(target=stream.read, daemon=True)
         drained.start()
@@ -75,6 +83,7 @@ def test_run_prints_the_console_url_serves_and_stops_cleanly_with_a_stream_open(
     assert "mqtt connected" in messages and "fleet server stopped" in messages
     connected = next(r for r in records if r["message"] == "mqtt connected")
     assert connected["client_id"] == "polewatch-fleet-server-1" and connected["level"] == "info"
+    assert connected["subscribed"] == ["$share/fleet/polewatch/v1/+/up/#", "polewatch/v1/+/up/presence"]
     assert USERS["fleet-server"] not in stderr_path.read_text()
 
 

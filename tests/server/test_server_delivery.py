@@ -26,7 +26,7 @@ from polewatch.protocol import (
     encode,
 )
 from support.brokers import BrokerProcess
-from support.server import health, live_server, pole, settings_for, wait_for
+from support.server import add_token, bearer, health, live_server, pole, settings_for, wait_for
 
 pytestmark = [pytest.mark.mqtt, pytest.mark.server]
 
@@ -83,7 +83,7 @@ async def test_delivery_accounting_out_of_order_duplicates_reports_and_clock(
     async with (
         live_server(settings_for(mosquitto_broker, db)) as base,
         pole(mosquitto_broker, DEVICE) as pc,
-        httpx.AsyncClient(base_url=base) as http,
+        httpx.AsyncClient(base_url=base, headers=bearer(add_token(db, "ops"))) as http,
     ):
 
         async def delivery() -> dict[str, Any]:
@@ -185,7 +185,7 @@ async def test_a_kind_the_server_does_not_store_still_counts_as_received(
         await pc.send(_detection(2))
         await wait_for(lambda: _max_seq(db) >= 2, what="both detections")
         await asyncio.sleep(0.2)
-        async with httpx.AsyncClient(base_url=base) as http:
+        async with httpx.AsyncClient(base_url=base, headers=bearer(add_token(db, "ops"))) as http:
             got = (await http.get(f"api/devices/{DEVICE}/delivery")).json()
             stats = (await http.get("api/ingest/stats")).json()
     assert (got["received"], got["in_flight"], got["gaps"]) == (3, 0, [])

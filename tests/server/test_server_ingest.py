@@ -32,9 +32,9 @@ pytestmark = pytest.mark.mqtt
 
 
 async def test_messages_are_stored_once_and_presence_follows_the_last_will(
-    broker: BrokerProcess, tmp_path: Path
+    broker: BrokerProcess, database: str
 ) -> None:
-    async with running_ingest(settings_for(broker, tmp_path / "fleet.db")) as run:
+    async with running_ingest(settings_for(broker, database)) as run:
         first = detection(label="car")
         async with pole(broker) as pa:
             await pa.send(presence(state="online"))
@@ -66,8 +66,8 @@ async def test_messages_are_stored_once_and_presence_follows_the_last_will(
         assert count(run.sessions, PresenceChange, device_id="pole-a") == 2
 
 
-async def test_camera_health_messages_are_stored_once(broker: BrokerProcess, tmp_path: Path) -> None:
-    async with running_ingest(settings_for(broker, tmp_path / "fleet.db")) as run:
+async def test_camera_health_messages_are_stored_once(broker: BrokerProcess, database: str) -> None:
+    async with running_ingest(settings_for(broker, database)) as run:
         start = camera_health(condition="covered", phase="start")
         async with pole(broker) as pa:
             await pa.send(start)
@@ -92,10 +92,10 @@ def _online(sessions: object) -> bool | None:
 
 
 async def test_malformed_messages_are_counted_by_reason_and_never_stop_the_ingest(
-    broker: BrokerProcess, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    broker: BrokerProcess, database: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.WARNING, logger="polewatch.fleet_server.ingest")
-    async with running_ingest(settings_for(broker, tmp_path / "fleet.db")) as run:
+    async with running_ingest(settings_for(broker, database)) as run:
         async with pole(broker) as pa:
             await pa.raw("detection", b"{not json")
             await pa.raw("detection", b"[1, 2]")
@@ -147,7 +147,7 @@ async def test_malformed_messages_are_counted_by_reason_and_never_stop_the_inges
 
 
 async def test_rule_events_are_counted_as_unknown_until_the_server_stores_them(
-    broker: BrokerProcess, tmp_path: Path
+    broker: BrokerProcess, database: str
 ) -> None:
     """Agents with camera rules send `rule_event`; this server decodes only the core kinds, so it
     rejects them as unknown_kind (acknowledged, never redelivered) and carries on."""
@@ -156,7 +156,7 @@ async def test_rule_events_are_counted_as_unknown_until_the_server_stores_them(
         box=Box(x1=0.1, y1=0.2, x2=0.3, y2=0.6), frame_time=datetime.now(timezone.utc), frame_width=768,
         frame_height=576, direction="a_to_b",
     )
-    async with running_ingest(settings_for(broker, tmp_path / "fleet.db")) as run:
+    async with running_ingest(settings_for(broker, database)) as run:
         async with pole(broker) as pa:
             await pa.send(build(body, device_id="pole-a", seq=1))
             await pa.send(detection(label="car"))
@@ -168,9 +168,9 @@ async def test_rule_events_are_counted_as_unknown_until_the_server_stores_them(
 
 
 async def test_messages_sent_while_the_server_is_away_wait_in_its_persistent_session(
-    broker: BrokerProcess, tmp_path: Path
+    broker: BrokerProcess, database: str
 ) -> None:
-    settings = settings_for(broker, tmp_path / "fleet.db")
+    settings = settings_for(broker, database)
     async with running_ingest(settings):
         pass  # first contact: the broker now keeps a session for the fixed client id
     missed = [detection(event_id=f"trk-{i}") for i in range(3)]
@@ -223,9 +223,9 @@ def count_rows(db: Path) -> int:
 
 @pytest.mark.slow
 async def test_ingest_reconnects_after_the_broker_is_killed_and_restarted(
-    broker: BrokerProcess, tmp_path: Path
+    broker: BrokerProcess, database: str
 ) -> None:
-    async with running_ingest(settings_for(broker, tmp_path / "fleet.db")) as run:
+    async with running_ingest(settings_for(broker, database)) as run:
         async with pole(broker) as pa:
             await pa.send(detection(event_id="before"))
         await wait_for(lambda: count(run.sessions, Event) == 1, what="the first event")

@@ -5,14 +5,23 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
 from support.brokers import BrokerProcess
-from support.server import detection, live_server, pole, presence, settings_for, sse_events, wait_for
+from support.server import (
+    add_token,
+    bearer,
+    detection,
+    live_server,
+    pole,
+    presence,
+    settings_for,
+    sse_events,
+    wait_for,
+)
 
 pytestmark = pytest.mark.mqtt
 
@@ -30,11 +39,15 @@ async def next_of(events: AsyncIterator[dict[str, str]], kind: str, timeout: flo
 
 
 async def test_stream_pushes_what_arrives_and_replays_what_a_reconnecting_client_missed(
-    broker: BrokerProcess, tmp_path: Path
+    broker: BrokerProcess, database: str
 ) -> None:
-    settings = settings_for(broker, tmp_path / "fleet.db")
+    settings = settings_for(broker, database)
     timeout = httpx.Timeout(10, read=30)
-    async with live_server(settings) as base, httpx.AsyncClient(base_url=base, timeout=timeout) as http:
+    headers = bearer(add_token(database, "operator"))
+    async with (
+        live_server(settings) as base,
+        httpx.AsyncClient(base_url=base, timeout=timeout, headers=headers) as http,
+    ):
         await wait_for(lambda: _connected(http), what="the ingest to connect")
         async with pole(broker) as pa:
             # 1. A connected console gets the device snapshot, then changes and detections as pushed.
@@ -87,7 +100,7 @@ async def test_stream_pushes_what_arrives_and_replays_what_a_reconnecting_client
 
 
 async def _connected(http: httpx.AsyncClient) -> bool:
-    return bool((await http.get("api/ingest/stats")).json()["connected"])
+    return bool((await http.get("healthz")).json()["mqtt_connected"])
 
 
 async def _event_count(http: httpx.AsyncClient, n: int) -> bool:

@@ -149,7 +149,9 @@ def settled(accepted: dict[str, int], db: Path, device: str) -> bool:
     return all(mid in stored or seq in given for mid, seq in accepted.items())
 
 
-def tally(scenario: str, *, log: Path, db: Path, state_dir: Path, base: str, device: str = "pole-a") -> Tally:
+def tally(
+    scenario: str, *, log: Path, db: Path, state_dir: Path, base: str, token: str, device: str = "pole-a"
+) -> Tally:
     """Count after the agent has stopped (its outbox is closed) and while the server still runs."""
     accepted = agent_accepted(log)
     stored = stored_ids(db, device)
@@ -167,7 +169,7 @@ def tally(scenario: str, *, log: Path, db: Path, state_dir: Path, base: str, dev
             waiting += 1
         else:
             lost.append(f"{mid} (seq {seq})")
-    delivery = http_json(f"{base}/api/devices/{device}/delivery?limit=5000") or {}
+    delivery = http_json(f"{base}/api/devices/{device}/delivery?limit=5000", token) or {}
     # Every number the server still waits for must be explained by the outbox: waiting there, or in
     # its ledger (given up, or a presence not queued) but not reported yet because the agent stopped.
     unexplained: list[tuple[int, int]] = []

@@ -20,6 +20,8 @@ from pydantic import SecretStr
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from polewatch.fleet_server import people
+from polewatch.fleet_server.audit import Actor
 from polewatch.fleet_server.db import make_engine, make_sessionmaker, upgrade
 from polewatch.fleet_server.feed import Feed
 from polewatch.fleet_server.ingest import Ingest
@@ -41,14 +43,21 @@ from polewatch.protocol import (
 from support.brokers import USERS, BrokerProcess
 
 
-def settings_for(broker: BrokerProcess | None, db: Path, **overrides: Any) -> Settings:
-    """Server settings for a test: its own SQLite file, fast reconnects."""
+def database_url(db: Path | str) -> str:
+    """A SQLite file path, or a URL as it is (the `database` fixture's)."""
+    return db if isinstance(db, str) else f"sqlite:///{db}"
+
+
+def settings_for(broker: BrokerProcess | None, db: Path | str, **overrides: Any) -> Settings:
+    """Server settings for a test: its own database (a SQLite file or a URL), fast reconnects."""
     values: dict[str, Any] = {
-        "database_url": f"sqlite:///{db}",
+        "database_url": database_url(db),
         "mqtt_host": broker.host if broker else "127.0.0.1",
         "mqtt_port": broker.port if broker else 1,
         "mqtt_username": "fleet-server",
         "mqtt_password": SecretStr(USERS["fleet-server"]),
+        # Mosquitto has shared subscriptions: the tests run the replica-ready path on it.
+        "mqtt_shared_group": "polewatch" if broker is not None and broker.kind == "mosquitto" else None,
         "mqtt_keepalive_s": 5,
         "mqtt_reconnect_min_s": 0.1,
         "mqtt_reconnect_max_s": 0.5,
@@ -57,6 +66,38 @@ def settings_for(broker: BrokerProcess | None, db: Path, **overrides: Any) -> Se
     }
     values.update(overrides)
     return Settings(**values)
+
+
+# --- people ---------------------------------------------------------------------------------------
+
+PASSWORD = "a-long-test-password"
+SETUP = Actor("test:setup")
+
+
+def _people(db: Path | str, change: Callable[[Session], Any]) -> Any:
+    engine = make_engine(database_url(db))
+    try:
+        upgrade(engine)
+        with make_sessionmaker(engine).begin() as session:
+            return change(session)
+    finally:
+        engine.dispose()
+
+
+def add_user(db: Path | str, username: str, role: str = "admin", *, password: str = PASSWORD, **more: Any) -> int:
+    """A person in the database (migrating it first); returns the user id."""
+    return int(
+        _people(db, lambda s: people.create_user(s, SETUP, username=username, password=password, role=role, **more).id)
+    )
+
+
+def add_token(db: Path | str, role: str = "admin", name: str | None = None) -> str:
+    """An API token's secret, made directly in the database (migrating it first)."""
+    return str(_people(db, lambda s: people.create_token(s, SETUP, name=name or f"test-{role}", role=role)[1]))
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
 
 
 # --- messages -------------------------------------------------------------------------------------

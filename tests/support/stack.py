@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 import time
 import urllib.request
@@ -20,11 +21,17 @@ from .ports import free_port
 PYTHON = [sys.executable, "-m", "polewatch"]
 
 
-def start_server(broker: BrokerProcess, workdir: Path) -> tuple[Child, str, Path]:
-    """A fleet server on SQLite in `workdir`; returns the child, its base URL and its database file."""
+def start_server(broker: BrokerProcess, workdir: Path) -> tuple[Child, str, Path, str]:
+    """A fleet server on SQLite in `workdir`; returns the child, its base URL, its database file and
+    a viewer API token (made with `polewatch server token add`, as an operator would)."""
     workdir.mkdir(parents=True, exist_ok=True)
     port = free_port()
     db = workdir / "fleet.db"
+    made = subprocess.run(
+        [*PYTHON, "server", "token", "add", "e2e", "--role", "viewer", "--database-url", f"sqlite:///{db}"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    token = made.stdout.strip()
     child = Child(
         "server",
         [*PYTHON, "server", "run", "--database-url", f"sqlite:///{db}", "--mqtt-host", broker.host,
@@ -36,7 +43,7 @@ def start_server(broker: BrokerProcess, workdir: Path) -> tuple[Child, str, Path
     child.start()
     base = f"http://127.0.0.1:{port}"
     wait_until(lambda: http_json(f"{base}/healthz") is not None, 60, "server /healthz", [child])
-    return child, base, db
+    return child, base, db, token
 
 
 def start_agent(
@@ -66,9 +73,11 @@ def start_agent(
     return child
 
 
-def http_json(url: str) -> Any:
+def http_json(url: str, token: str | None = None) -> Any:
+    """GET url as JSON (with an API token when given); None when it fails."""
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:
-        with urllib.request.urlopen(url, timeout=2) as response:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=2) as response:
             return json.load(response)
     except (OSError, ValueError):
         return None

@@ -1,0 +1,43 @@
+"""Who may do what: the five roles and the permissions each one has.
+
+Routes ask for a permission, never for a role, so a new role or a changed duty is one line here
+and the route table stays as it is. The role-matrix test walks every route with every role.
+
+- admin: people and machines' credentials, the audit log; sees everything.
+- ops: the fleet (registry, configuration, updates) and the ingest's internals.
+- technician: provisioning, on the sites they are assigned to.
+- operator: the command centre's alerts and live feed.
+- viewer: reads, changes nothing.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Literal, get_args
+
+Role = Literal["admin", "ops", "technician", "operator", "viewer"]
+ROLES: tuple[Role, ...] = get_args(Role)
+
+
+class Permission(str, Enum):
+    FLEET_READ = "fleet:read"  # devices, detections, camera health, the live stream
+    INGEST_READ = "ingest:read"  # the ingest's counters
+    USERS_MANAGE = "users:manage"  # people: create, change role or sites, disable
+    TOKENS_MANAGE = "tokens:manage"  # machines' API tokens: create, revoke
+    AUDIT_READ = "audit:read"
+    SELF = "self"  # one's own session: who am I, sign out
+
+
+_EVERYONE = frozenset({Permission.FLEET_READ, Permission.SELF})
+
+GRANTS: dict[Role, frozenset[Permission]] = {
+    "admin": frozenset(Permission),
+    "ops": _EVERYONE | {Permission.INGEST_READ},
+    "technician": _EVERYONE,
+    "operator": _EVERYONE,
+    "viewer": _EVERYONE,
+}
+
+
+def allows(role: str, permission: Permission) -> bool:
+    return permission in GRANTS.get(role, frozenset())  # type: ignore[call-overload]
