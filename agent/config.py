@@ -392,8 +392,24 @@ RuleConfig = Annotated[
 
 class CameraConfig(_Strict):
     id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-    url: str = Field(min_length=1, description="rtsp://..., http://..., or a path to a video file.")
+    url: str = Field(
+        min_length=1,
+        description="rtsp://..., http://... (MJPEG), v4l2:///dev/video0 (USB camera), or a path to a video file.",
+    )
     loop: bool = Field(default=False, description="Play a file source in a loop, at its own frame rate.")
+    transport: Literal["tcp", "udp"] | None = Field(
+        default=None, description="RTSP only: RTP over the RTSP connection (tcp, the default) or over udp."
+    )
+    stall_timeout_s: float = Field(
+        default=10.0, ge=1, le=600, description="No new frame for this long: the stream is torn down and reopened."
+    )
+    failed_after_s: float = Field(
+        default=60.0,
+        ge=0,
+        le=86400,
+        description="Unreachable this long and the camera's state is failed (still retried); wrong credentials, "
+        "a wrong path or a missing device are failed at once.",
+    )
     reference: Path | None = Field(
         default=None,
         description="The camera's reference view saved at provisioning (`polewatch provision probe-camera "
@@ -414,9 +430,19 @@ class CameraConfig(_Strict):
     @field_validator("url")
     @classmethod
     def _known_scheme(cls, value: str) -> str:
-        if "://" in value and not value.startswith(("rtsp://", "rtsps://", "http://", "https://", "file://")):
-            raise ValueError("url scheme must be rtsp, rtsps, http(s) or file, or a plain path to a video file")
+        if "://" in value and not value.startswith(
+            ("rtsp://", "rtsps://", "http://", "https://", "file://", "v4l2://")
+        ):
+            raise ValueError("url scheme must be rtsp, rtsps, http(s), v4l2 or file, or a plain path to a video file")
+        if value.startswith("v4l2://") and not (value[7:].isdigit() or value[7:].startswith("/dev/")):
+            raise ValueError("a v4l2 url names a device: v4l2:///dev/video0 or its index, v4l2://0")
         return value
+
+    @model_validator(mode="after")
+    def _transport_is_rtsp(self) -> CameraConfig:
+        if self.transport is not None and not self.url.startswith(("rtsp://", "rtsps://")):
+            raise ValueError("transport applies to rtsp:// cameras only; remove it or use an rtsp url")
+        return self
 
 
 class DetectConfig(_Strict):

@@ -142,7 +142,18 @@ class Agent:
             labels=config.detect.labels,
             threads=config.detect.threads,
         )
-        self.sources = [FrameSource(cam.id, cam.url, loop=cam.loop) for cam in config.cameras]
+        self.sources = [
+            FrameSource(
+                cam.id,
+                cam.url,
+                loop=cam.loop,
+                transport=cam.transport,
+                stall_timeout_s=cam.stall_timeout_s,
+                failed_after_s=cam.failed_after_s,
+                expected_fps=cam.health.low_fps.expected_fps,
+            )
+            for cam in config.cameras
+        ]
         self.checkers = {
             cam.id: CameraHealthChecker(cam.id, cam.health, reference=load_reference(cam))
             for cam in config.cameras

@@ -60,12 +60,35 @@ class Presence(Body):
 
 
 class CameraStatus(Body):
+    """One camera's connection. Fields after `height` came with the capture work (issue 3): older
+    agents leave them out."""
+
     camera_id: str
     connected: bool
     fps: float = Field(ge=0, description="Frames per second actually delivered by the camera.")
     frames_dropped: int = Field(default=0, ge=0, description="Frames skipped to stay on the latest one.")
     width: int | None = None
     height: int | None = None
+    source: Literal["rtsp", "http", "file", "v4l2"] | None = Field(default=None, description="What kind of source.")
+    state: Literal["connecting", "connected", "reconnecting", "failed", "ended"] | None = Field(
+        default=None,
+        description="connecting: never connected yet; reconnecting: lost, retrying; failed: cannot connect for "
+        "a reason waiting will not fix (credentials, path, device) or for longer than the camera's "
+        "failed_after_s (the agent still retries); ended: a video file played once.",
+    )
+    expected_fps: float | None = Field(
+        default=None, ge=0, description="What the camera should deliver: configured, else what the stream announces."
+    )
+    reconnects: int = Field(default=0, ge=0, description="Reconnections since the agent started.")
+    reconnects_1h: int = Field(default=0, ge=0, description="Reconnections in the last hour.")
+    stalls_1h: int = Field(default=0, ge=0, description="Stalls (no frame for stall_timeout_s) in the last hour.")
+    quality: Literal["good", "fair", "poor", "down"] | None = Field(
+        default=None, description="Connection grade from fps vs expected and interruptions in the last hour."
+    )
+    error: str | None = Field(
+        default=None, max_length=40, description="Why it is not connected: unauthorized, refused, timeout, ..."
+    )
+    error_detail: str | None = Field(default=None, max_length=300, description="The same in words.")
 
 
 class PriorityCounts(Body):
