@@ -9,6 +9,7 @@ of another size (a resolution change), and guarded by HTTP basic authentication.
 from __future__ import annotations
 
 import base64
+import contextlib
 import socket
 import threading
 import time
@@ -43,7 +44,7 @@ def jpeg_frames(clip: Path = SAMPLE_CLIP, *, count: int = 50, size: tuple[int, i
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002  # the base class's name
+    def log_message(self, format: str, *args: Any) -> None:  # the base class's name
         pass  # the tests read the agent's log, not the camera's
 
     def do_GET(self) -> None:
@@ -147,10 +148,8 @@ class MjpegCamera:
             self._server.server_close()
             self._server = None
         for client in list(self.clients):
-            try:
+            with contextlib.suppress(OSError):
                 client.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
         if self._thread is not None:
             self._thread.join(5)
 
