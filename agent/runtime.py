@@ -10,6 +10,7 @@ rules run right after its tracker, on the same frame.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import logging
 import time
@@ -21,7 +22,7 @@ from pathlib import Path
 import cv2
 
 from polewatch import __version__
-from polewatch.protocol import Box, CameraHealth, Detection, LineCounts, RuleEvent
+from polewatch.protocol import Body, Box, CameraHealth, Detection, LineCounts, RuleEvent, Snapshot
 
 from .capture.camera_health import CameraHealthChange, CameraHealthChecker
 from .capture.frame_metrics import Image
@@ -30,7 +31,10 @@ from .config import AgentConfig, CameraConfig
 from .health import HealthProbe
 from .inference.detector import Detection as Found
 from .inference.detector import Detector, load_detector
+from .inference.events import EventLifecycle, EventMessage, Phase, Picture
+from .inference.motion import MotionGatedDetector, MotionSettings
 from .inference.rules import RuleEngine, RuleHit
+from .inference.snapshot import Redaction, snapshot_jpeg
 from .inference.tracker import IouTracker, TrackUpdate
 from .uplink.outbox import Outbox
 from .uplink.session import Uplink
@@ -113,6 +117,44 @@ def rule_event(
     )
 
 
+def redaction_for(camera: CameraConfig, width: int, height: int) -> Redaction:
+    privacy = camera.privacy
+    return Redaction.from_polygons(
+        privacy.masks,
+        (width, height),
+        normalised=privacy.units == "normalised",
+        blur_labels=privacy.blur_labels,
+        blur_part=privacy.blur_part,
+    )
+
+
+def snapshot_body(camera: CameraConfig, event_id: str, phase: Phase, label: str, picture: Picture) -> Snapshot:
+    """Redact and encode an event's picture: the one way a frame's pixels become a message."""
+    height, width = picture.image.shape[:2]
+    settings = camera.snapshots
+    data, jpeg_width, jpeg_height, done = snapshot_jpeg(
+        picture.image,
+        picture.detections,
+        redaction_for(camera, width, height),
+        max_bytes=settings.max_bytes,
+        max_width=settings.max_width,
+        quality=settings.quality,
+    )
+    return Snapshot(
+        camera_id=camera.id,
+        event_id=event_id,
+        phase=phase,
+        label=label,
+        score=round(min(max(picture.score, 0.0), 1.0), 4),
+        box=_box(picture.box, width, height),
+        frame_time=datetime.fromtimestamp(picture.wall_time, timezone.utc),
+        width=jpeg_width,
+        height=jpeg_height,
+        jpeg=base64.b64encode(data).decode("ascii"),
+        redactions=done,
+    )
+
+
 class RateMeter:
     """Events per second over a sliding window, for the health report."""
 
@@ -141,6 +183,7 @@ class Agent:
             score_threshold=config.detect.score_threshold,
             labels=config.detect.labels,
             threads=config.detect.threads,
+            class_agnostic=config.detect.nms == "agnostic",
         )
         self.sources = [
             FrameSource(
@@ -160,6 +203,24 @@ class Agent:
             if cam.health.enabled
         }
         self.rules = {cam.id: cam.rules for cam in config.cameras}
+        self.cameras = {cam.id: cam for cam in config.cameras}
+        # Per camera: the shared detector, behind the camera's own motion gate where it has one.
+        self.detectors: dict[str, Detector | MotionGatedDetector] = {
+            cam.id: MotionGatedDetector(
+                self.detector,
+                MotionSettings(
+                    width=cam.motion.width,
+                    threshold=cam.motion.threshold,
+                    min_area=cam.motion.min_area,
+                    recheck_s=cam.motion.recheck_s,
+                    alpha=cam.motion.alpha,
+                ),
+            )
+            if cam.motion.enabled
+            else self.detector
+            for cam in config.cameras
+        }
+        self.snapshots_accepted = 0
         self.uplink = Uplink(
             config.mqtt,
             self.outbox,
@@ -218,6 +279,9 @@ class Agent:
     async def _watch(self, source: FrameSource) -> None:
         interval = 1.0 / self.config.detect.fps
         tracker = IouTracker()
+        camera = self.cameras[source.camera_id]
+        events = EventLifecycle(self.config.detect.update_every_s, snapshots=camera.snapshots.enabled)
+        detector = self.detectors[source.camera_id]
         rules = RuleEngine(self.rules[source.camera_id])
         counts_since = datetime.now(timezone.utc)  # the line counters start now: say so in every count
         last_index = 0
@@ -228,14 +292,18 @@ class Agent:
                 # No picture: let tracks of a dead camera end instead of hanging open.
                 now = time.monotonic()
                 update = tracker.update([], now)
-                await self._emit(source, update, None)
+                await self._emit(source, events.step(update, now), None)
                 await self._run_rules(source, rules, update, None, None, now, counts_since)
                 continue
             last_index = frame.index
-            detections = await asyncio.to_thread(self.detector.detect, frame.image)
+            if isinstance(detector, MotionGatedDetector):
+                detections = await asyncio.to_thread(detector.detect, frame.image, frame.mono_time)
+            else:
+                detections = await asyncio.to_thread(detector.detect, frame.image)
             self.detect_rate.tick(time.monotonic())
             update = tracker.update(detections, frame.mono_time)
-            await self._emit(source, update, frame)
+            messages = events.step(update, frame.mono_time, frame.image, detections, frame.wall_time)
+            await self._emit(source, messages, frame)
             await self._run_rules(source, rules, update, detections, frame, frame.mono_time, counts_since)
             next_due = max(next_due + interval, time.monotonic() - interval)
             await asyncio.sleep(max(0.0, next_due - time.monotonic()))
@@ -279,29 +347,47 @@ class Agent:
             )
         self.uplink.notify()
 
-    async def _emit(self, source: FrameSource, update: TrackUpdate, frame: Frame | None) -> None:
-        started, ended = update.started, update.ended
-        if not started and not ended:
+    async def _emit(self, source: FrameSource, messages: list[EventMessage], frame: Frame | None) -> None:
+        """Detection messages of one frame, each followed by its snapshot when it brings a better one."""
+        if not messages:
             return
         width, height = source.width or 1, source.height or 1
         frame_time = datetime.fromtimestamp(frame.wall_time if frame else time.time(), timezone.utc)
-        bodies = [
-            Detection(
-                event_id=track.id,
-                phase="start" if phase == "start" else "end",
-                camera_id=source.camera_id,
-                label=track.label,
-                score=round(track.best_score, 4),
-                box=_box(track.box, width, height),
-                frame_time=frame_time,
-                frame_width=width,
-                frame_height=height,
+        camera = self.cameras[source.camera_id]
+        bodies: list[Body] = []
+        for message in messages:
+            track = message.track
+            bodies.append(
+                Detection(
+                    event_id=track.id,
+                    phase=message.phase,
+                    camera_id=source.camera_id,
+                    label=track.label,
+                    score=round(track.best_score, 4),
+                    box=_box(track.box, width, height),
+                    frame_time=frame_time,
+                    frame_width=width,
+                    frame_height=height,
+                )
             )
-            for phase, tracks in (("start", started), ("end", ended))
-            for track in tracks
-        ]
+            if message.picture is not None:
+                try:
+                    # Redaction and JPEG encoding cost ~5-10 ms: off the event loop.
+                    bodies.append(
+                        await asyncio.to_thread(
+                            snapshot_body, camera, track.id, message.phase, track.label, message.picture
+                        )
+                    )
+                except Exception:  # a picture that cannot be made must not cost the event itself
+                    log.exception("snapshot failed", extra={"camera": source.camera_id, "event_id": track.id})
         # One call, one commit for everything this frame produced.
         for accepted, body in zip(await self.outbox.put_many(bodies), bodies, strict=True):
+            if isinstance(body, Snapshot):
+                self.snapshots_accepted += 1
+                log.debug("snapshot accepted", extra={"message_id": accepted.id, "event_id": body.event_id,
+                                                      "bytes": len(body.jpeg) * 3 // 4})
+                continue
+            assert isinstance(body, Detection)
             self.events_accepted += 1
             fields = {"message_id": accepted.id, "seq": accepted.seq, "event_id": body.event_id,
                       "phase": body.phase, "label": body.label}

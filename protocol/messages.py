@@ -11,6 +11,7 @@ server. Removing or retyping a field is a new schema version (and a new topic pr
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 from collections.abc import Collection
@@ -184,6 +185,49 @@ class Detection(Body):
     frame_height: int = Field(gt=0)
 
 
+# A snapshot's JPEG, base64: 1 MiB of picture at most (the agent caps its own far lower).
+MAX_SNAPSHOT_BYTES = 1024 * 1024
+
+
+class Snapshot(Body):
+    """The best picture of one detection event (highest score so far), redacted on the box.
+
+    Sent with the event's start, with an update when a better picture was seen, and with its end when
+    the end brings a better one; the newest snapshot of an `event_id` is its best. Privacy masks are
+    blacked out and the configured labels (people by default) blurred before the JPEG is encoded:
+    `redactions` says what was done, so the command centre can tell a redacted picture from a raw one.
+    """
+
+    camera_id: str = Field(min_length=1, max_length=64)
+    event_id: str = Field(min_length=1, max_length=80)
+    phase: Literal["start", "update", "end"] = Field(description="The detection message it goes with.")
+    label: str = Field(min_length=1, max_length=64)
+    score: float = Field(ge=0, le=1, description="The detector's score on this very frame.")
+    box: Box = Field(description="The object in this picture, normalised.")
+    frame_time: AwareDatetime = Field(description="When the pictured frame was decoded.")
+    width: int = Field(gt=0, description="JPEG width (the frame may have been scaled down).")
+    height: int = Field(gt=0)
+    jpeg: str = Field(
+        min_length=4, max_length=(MAX_SNAPSHOT_BYTES * 4) // 3 + 4, description="The JPEG, standard base64."
+    )
+    redactions: list[str] = Field(
+        default_factory=list, description="What was hidden: 'masks' (privacy polygons), 'blur:<label>'."
+    )
+
+    @model_validator(mode="after")
+    def _is_jpeg(self) -> Snapshot:
+        try:
+            data = base64.b64decode(self.jpeg, validate=True)
+        except ValueError as exc:
+            raise ValueError(f"jpeg is not base64: {exc}") from None
+        if not data.startswith(b"\xff\xd8"):
+            raise ValueError("jpeg does not hold a JPEG picture (no SOI marker)")
+        return self
+
+    def jpeg_bytes(self) -> bytes:
+        return base64.b64decode(self.jpeg)
+
+
 class CameraHealth(Body):
     """A camera-health condition began or ended on one camera: one start and one end per episode.
 
@@ -306,8 +350,13 @@ class RuleEventMessage(_Envelope):
     body: RuleEvent
 
 
+class SnapshotMessage(_Envelope):
+    kind: Literal["snapshot"] = "snapshot"
+    body: Snapshot
+
+
 Message = Annotated[
-    PresenceMessage | HealthMessage | DetectionMessage | CameraHealthMessage | RuleEventMessage,
+    PresenceMessage | HealthMessage | DetectionMessage | CameraHealthMessage | RuleEventMessage | SnapshotMessage,
     Field(discriminator="kind"),
 ]
 # What every v1 receiver handles, and all `decode` returns unless the caller names more kinds.
@@ -316,8 +365,8 @@ CORE_KINDS: tuple[str, ...] = ("presence", "health", "detection", "camera_health
 # Every kind of v1. A kind added after the first fleet server is decoded only by a receiver that asks
 # for it (`decode(..., kinds=KINDS)`): any other receiver rejects it as unknown_kind (counted, acked)
 # instead of taking it for a kind it stores.
-V1Message = AnyMessage | RuleEventMessage
-KINDS: tuple[str, ...] = (*CORE_KINDS, "rule_event")
+V1Message = AnyMessage | RuleEventMessage | SnapshotMessage
+KINDS: tuple[str, ...] = (*CORE_KINDS, "rule_event", "snapshot")
 
 _MESSAGE_ADAPTER: TypeAdapter[V1Message] = TypeAdapter(Message)
 _BY_BODY: dict[type[Body], type[V1Message]] = {
@@ -326,6 +375,7 @@ _BY_BODY: dict[type[Body], type[V1Message]] = {
     Detection: DetectionMessage,
     CameraHealth: CameraHealthMessage,
     RuleEvent: RuleEventMessage,
+    Snapshot: SnapshotMessage,
 }
 
 
@@ -333,6 +383,8 @@ _BY_BODY: dict[type[Body], type[V1Message]] = {
 def build(body: Presence | Health | Detection | CameraHealth, *, device_id: str, seq: int) -> AnyMessage: ...
 @overload
 def build(body: RuleEvent, *, device_id: str, seq: int) -> RuleEventMessage: ...
+@overload
+def build(body: Snapshot, *, device_id: str, seq: int) -> SnapshotMessage: ...
 @overload
 def build(body: Body, *, device_id: str, seq: int) -> V1Message: ...
 def build(body: Body, *, device_id: str, seq: int) -> V1Message:

@@ -29,13 +29,14 @@ EVICTION_ORDER: tuple[Priority, ...] = (Priority.TELEMETRY, Priority.SNAPSHOT, P
 REPLAY_ORDER: tuple[Priority, ...] = tuple(reversed(EVICTION_ORDER))
 
 # Message kind (the topic's last level) -> class. Kinds planned by later issues, for when they land:
-# snapshots -> SNAPSHOT, command acknowledgements -> HEALTH_EVENT.
+# command acknowledgements -> HEALTH_EVENT.
 PRIORITY_OF_KIND: dict[str, Priority] = {
     "health": Priority.TELEMETRY,
     "presence": Priority.HEALTH_EVENT,
     "camera_health": Priority.HEALTH_EVENT,
     "detection": Priority.ALERT,
     "rule_event": Priority.ALERT,
+    "snapshot": Priority.SNAPSHOT,
 }
 
 
