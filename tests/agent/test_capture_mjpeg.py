@@ -92,7 +92,9 @@ def test_reads_mjpeg_at_the_camera_rate_and_grades_it(
 
 
 def test_camera_restarted_reconnects_and_is_counted(
-    frames: list[bytes], make_camera: Callable[..., MjpegCamera], open_source: Callable[..., FrameSource],
+    frames: list[bytes],
+    make_camera: Callable[..., MjpegCamera],
+    open_source: Callable[..., FrameSource],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.INFO, logger="polewatch.agent.capture")
@@ -118,7 +120,9 @@ def test_camera_restarted_reconnects_and_is_counted(
 
 
 def test_hung_camera_is_a_stall_then_comes_back(
-    frames: list[bytes], make_camera: Callable[..., MjpegCamera], open_source: Callable[..., FrameSource],
+    frames: list[bytes],
+    make_camera: Callable[..., MjpegCamera],
+    open_source: Callable[..., FrameSource],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.WARNING, logger="polewatch.agent.capture")
@@ -135,7 +139,9 @@ def test_hung_camera_is_a_stall_then_comes_back(
 
 
 def test_resolution_change_keeps_frames_coming_and_is_reported_on_reconnect(
-    frames: list[bytes], make_camera: Callable[..., MjpegCamera], open_source: Callable[..., FrameSource],
+    frames: list[bytes],
+    make_camera: Callable[..., MjpegCamera],
+    open_source: Callable[..., FrameSource],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.WARNING, logger="polewatch.agent.capture")
@@ -164,7 +170,9 @@ def test_resolution_change_keeps_frames_coming_and_is_reported_on_reconnect(
 
 
 def test_wrong_credentials_fail_with_the_reason_and_never_log_the_password(
-    frames: list[bytes], make_camera: Callable[..., MjpegCamera], open_source: Callable[..., FrameSource],
+    frames: list[bytes],
+    make_camera: Callable[..., MjpegCamera],
+    open_source: Callable[..., FrameSource],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.INFO, logger="polewatch.agent.capture")

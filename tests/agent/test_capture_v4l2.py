@@ -80,8 +80,12 @@ def test_a_device_that_is_not_a_camera_is_retried_then_failed(open_source: Calla
 
 
 def _config(url: str, **camera: Any) -> dict[str, Any]:
-    return {"device_id": "pole-1", "state_dir": "/tmp/x", "mqtt": {"host": "localhost"},
-            "cameras": [{"id": "cam1", "url": url, **camera}]}
+    return {
+        "device_id": "pole-1",
+        "state_dir": "/tmp/x",
+        "mqtt": {"host": "localhost"},
+        "cameras": [{"id": "cam1", "url": url, **camera}],
+    }
 
 
 def test_config_accepts_device_urls_and_refuses_bad_ones() -> None:
