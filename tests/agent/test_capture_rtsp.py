@@ -17,11 +17,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import pytest
 
 from polewatch.agent.capture.source import FrameSource
 from polewatch.agent.health import camera_status
+from support.footage import SAMPLE_CLIP, read_frames
 from support.ports import free_port
 from support.rtsp import RtspServer, start_rtsp_server
 
@@ -299,3 +301,38 @@ def test_frozen_stream_is_noticed_within_the_stall_timeout(
     assert took >= 1.0  # not a coincidental disconnect: the stall was waited out
     assert source.stall_log.total == 1
     assert camera_status(source).stalls_1h == 1
+
+
+def test_stream_whose_resolution_changes_is_followed_and_logged(
+    make_server: Callable[..., RtspServer],
+    open_source: Callable[..., FrameSource],
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The camera's resolution is changed (its stream restarts, as IP cameras do): 768x576 → 384x288.
+
+    Served as RTP/JPEG, where every frame carries its own size, from the clip's real frames.
+    """
+    caplog.set_level(logging.INFO, logger="polewatch.agent.capture")
+    full, half = tmp_path / "full", tmp_path / "half"
+    full.mkdir()
+    half.mkdir()
+    for i, image in enumerate(read_frames(SAMPLE_CLIP)[:30]):
+        cv2.imwrite(str(full / f"{i:04d}.jpg"), image)
+        cv2.imwrite(str(half / f"{i:04d}.jpg"), cv2.resize(image, (384, 288), interpolation=cv2.INTER_AREA))
+    server = make_server(frames_dir=full)
+    source = open_source(server.url)
+    first = source.latest(timeout=CONNECT_S)
+    assert first is not None and first.image.shape == CLIP_SHAPE
+
+    server.stop()
+    server.frames_dir = half
+    server.start()
+    wait_for(lambda: source.width == 384, 2 * CONNECT_S, "the new resolution")
+    frame = source.latest(timeout=5.0)
+    assert frame is not None and frame.image.shape == (288, 384, 3)
+    assert (source.width, source.height, source.resolution_changes) == (384, 288, 1)
+    assert source.state == "connected"
+    changed = [r for r in caplog.records if r.getMessage() == "camera resolution changed from 768x576 to 384x288"]
+    assert len(changed) == 1 and changed[0].levelno == logging.WARNING
+    assert camera_status(source).width == 384
