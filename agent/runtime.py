@@ -296,10 +296,14 @@ class Agent:
                 await self._run_rules(source, rules, update, None, None, now, counts_since)
                 continue
             last_index = frame.index
-            if isinstance(detector, MotionGatedDetector):
-                detections = await asyncio.to_thread(detector.detect, frame.image, frame.mono_time)
-            else:
-                detections = await asyncio.to_thread(detector.detect, frame.image)
+            try:
+                if isinstance(detector, MotionGatedDetector):
+                    detections = await asyncio.to_thread(detector.detect, frame.image, frame.mono_time)
+                else:
+                    detections = await asyncio.to_thread(detector.detect, frame.image)
+            except Exception:  # a frame the model cannot take costs that frame, never the camera or the agent
+                log.exception("detection failed on a frame", extra={"camera": source.camera_id})
+                continue
             self.detect_rate.tick(time.monotonic())
             update = tracker.update(detections, frame.mono_time)
             messages = events.step(update, frame.mono_time, frame.image, detections, frame.wall_time)
