@@ -236,6 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--frames", type=int, default=200, help="frames of the footage per measurement")
     parser.add_argument("--video", type=Path, default=None, help=f"footage (default {VTEST})")
     parser.add_argument("--skip-memory", action="store_true", help="skip the agent memory measurement (~1 min)")
+    parser.add_argument("--only-memory", action="store_true", help="only the agent memory measurement")
     args = parser.parse_args(argv)
     video: Path = args.video or (VTEST if VTEST.is_file() else SHIPPED_CLIP)
     console = Console(width=130)
@@ -251,6 +252,15 @@ def main(argv: list[str] | None = None) -> int:
             f"[bold]bench/vision.py[/bold]  {video.name} {frames[0].shape[1]}x{frames[0].shape[0]}, "
             f"{len(frames)} frames, {cores} cores, decode {decode_ms:.1f} ms CPU/frame"
         )
+
+        if args.only_memory:
+            one, four = agent_memory(workdir, 1, SHIPPED_CLIP), agent_memory(workdir, 4, SHIPPED_CLIP)
+            console.print(
+                f"(3) agent resident memory: 1 camera {one:.0f} MB, 4 cameras {four:.0f} MB, "
+                f"+{(four - one) / 3:.1f} MB per extra camera"
+            )
+            print(f"RESULT vision rss_1cam_mb={one:.0f} rss_per_extra_cam_mb={(four - one) / 3:.1f}", flush=True)
+            return 0
 
         # 1. throughput
         table = Table(title="(1) decode + detect at full speed vs bare onnxruntime on the same frames")
