@@ -62,10 +62,25 @@ def check_config(config: Annotated[Path, typer.Argument(help="The agent's YAML c
     for cam in cfg.cameras:
         table.add_row(f"camera {cam.id}", redact_url(cam.url))
         table.add_row(f"  {cam.id} health", _health_plan(cam))
+        table.add_row(f"  {cam.id} events", _event_plan(cam))
         if cam.rules:
             table.add_row(f"  {cam.id} rules", ", ".join(f"{rule.type} {rule.id}" for rule in cam.rules))
     table.add_row("detect", f"{cfg.detect.fps:g} fps, labels: {', '.join(cfg.detect.labels)}")
     Console().print(table)
+
+
+def _event_plan(cam: CameraConfig) -> str:
+    """Snapshots, what is redacted from them, and motion gating."""
+    privacy = cam.privacy
+    if cam.snapshots.enabled:
+        blur = ", ".join(privacy.blur_labels) or "nothing"
+        shots = f"snapshots ≤ {cam.snapshots.max_bytes} bytes, {len(privacy.masks)} mask(s), blur {blur}"
+    else:
+        shots = "no snapshots"
+    gating = (
+        f"motion gating on (re-check every {cam.motion.recheck_s:g} s)" if cam.motion.enabled else "no motion gating"
+    )
+    return f"{shots}; {gating}"
 
 
 def _health_plan(cam: CameraConfig) -> str:
@@ -120,8 +135,12 @@ SAMPLE_CLIP = Path(__file__).resolve().parents[1] / "polewatch" / "samples" / "v
 def bench(
     config: Annotated[
         Path | None,
-        typer.Option("--config", "-c", help="The agent's config: its model, threads and cameras.",
-                     envvar="POLEWATCH_AGENT_CONFIG"),
+        typer.Option(
+            "--config",
+            "-c",
+            help="The agent's config: its model, threads and cameras.",
+            envvar="POLEWATCH_AGENT_CONFIG",
+        ),
     ] = None,
     video: Annotated[Path | None, typer.Option(help="Footage to detect on (default: the shipped sample clip).")] = None,
     frames: Annotated[int, typer.Option(min=4, max=2000, help="Frames timed per provider.")] = 60,
@@ -170,8 +189,9 @@ def bench(
     with Progress(console=err, transient=True) as progress:
         for provider in providers:
             try:
-                detector = load_detector(model, threads=threads, providers=[provider],
-                                         labels=cfg.detect.labels if cfg else None)
+                detector = load_detector(
+                    model, threads=threads, providers=[provider], labels=cfg.detect.labels if cfg else None
+                )
             except Exception as exc:  # a GPU provider that fails here is reported, not fatal
                 err.print(f"[yellow]{provider}: cannot load the model ({exc})[/yellow]")
                 continue
@@ -183,13 +203,19 @@ def bench(
         raise typer.Exit(1)
 
     name = (model or Path("nanodet-m-416.onnx")).name
-    table = Table(title=f"{name}: {len(images)} frames of {source.name}, {cores} cores, "
-                        f"{threads or default_threads()} threads")
+    table = Table(
+        title=f"{name}: {len(images)} frames of {source.name}, {cores} cores, {threads or default_threads()} threads"
+    )
     for column in ("provider", "fps", "p50 ms", "p95 ms", "CPU ms/frame"):
         table.add_column(column, justify="left" if column == "provider" else "right")
     for r in results:
-        table.add_row(r.provider, f"{r.fps:.1f}", f"{r.latency_ms_p50:.1f}", f"{r.latency_ms_p95:.1f}",
-                      f"{r.cpu_ms_per_frame:.1f}")
+        table.add_row(
+            r.provider,
+            f"{r.fps:.1f}",
+            f"{r.latency_ms_p50:.1f}",
+            f"{r.latency_ms_p95:.1f}",
+            f"{r.cpu_ms_per_frame:.1f}",
+        )
     Console().print(table)
     sizing = Table(title=f"cameras this box carries ({camera_fps:g} fps cameras, a quarter of the CPU kept free)")
     sizing.add_column("detect fps", justify="right")
@@ -203,7 +229,9 @@ def bench(
     recommended = recommend_rate(best, cameras, cores=cores, camera_fps=camera_fps, decode_cpu_ms=decode_cpu_ms)
     Console().print(f"decoding one {camera_fps:g} fps camera costs {decode_cpu_ms * camera_fps / 10:.1f} % of a core")
     if recommended is None:
-        Console().print(f"[red]recommendation:[/red] {cameras} camera(s) do not fit even at 1 detection per second "
-                        f"with {best.provider}: fewer cameras per box, or a smaller model")
+        Console().print(
+            f"[red]recommendation:[/red] {cameras} camera(s) do not fit even at 1 detection per second "
+            f"with {best.provider}: fewer cameras per box, or a smaller model"
+        )
         raise typer.Exit(3)
     Console().print(f"recommendation: detect.fps: {recommended:g} for {cameras} camera(s) with {best.provider}")
