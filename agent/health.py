@@ -74,6 +74,7 @@ class HealthProbe:
         inference_ms: float | None,
         detect_fps: float | None,
         outbox: OutboxStatus,
+        provider: str | None = None,
     ) -> Health:
         disk = psutil.disk_usage(str(self.state_dir))
         memory = psutil.virtual_memory()
@@ -89,6 +90,7 @@ class HealthProbe:
             cameras=[camera_status(cam) for cam in cameras],
             inference_ms=None if inference_ms is None else round(inference_ms, 2),
             detect_fps=None if detect_fps is None else round(detect_fps, 2),
+            provider=provider,
             outbox_pending=waiting(outbox),
             outbox=outbox,
         )

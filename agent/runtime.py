@@ -443,6 +443,7 @@ class Agent:
                 inference_ms=self.detector.mean_inference_ms,
                 detect_fps=self.detect_rate.rate(now),
                 outbox=await asyncio.to_thread(self.outbox.status),
+                provider=self.detector.provider,
             )
             await self.outbox.put(body)
             await asyncio.sleep(self.config.health_interval_s)

@@ -152,6 +152,9 @@ class Health(Body):
     cameras: list[CameraStatus] = Field(default_factory=list)
     inference_ms: float | None = Field(default=None, ge=0, description="Mean detector time per frame.")
     detect_fps: float | None = Field(default=None, ge=0, description="Frames per second run through detection.")
+    provider: str | None = Field(
+        default=None, max_length=64, description="The onnxruntime execution provider the detector runs on."
+    )
     outbox_pending: int = Field(default=0, ge=0, description="Messages on disk waiting for the broker.")
     outbox: OutboxStatus | None = Field(default=None, description="Details of the outbox; older agents leave it out.")
 

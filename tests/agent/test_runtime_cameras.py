@@ -86,6 +86,7 @@ async def test_broken_cameras_are_reported_and_the_good_one_keeps_detecting(tmp_
     assert not task.done() or task.exception() is None, "the agent stopped"
     assert detector.calls >= 3, "the failing frames were reached"
     health = [m for m in found if isinstance(m, HealthMessage)][-1].body
+    assert health.provider == "CPUExecutionProvider"  # the provider the detector really runs on
     cams = {c.camera_id: c for c in health.cameras}
     assert (cams["good"].state, cams["good"].source, cams["good"].connected) == ("connected", "file", True)
     assert cams["good"].quality in ("good", "fair")
