@@ -12,7 +12,7 @@ from pathlib import Path
 
 import psutil
 
-from polewatch.protocol import CameraStatus, Health, OutboxStatus
+from polewatch.protocol import CameraStatus, ClockStatus, Health, OutboxStatus
 
 from .capture.source import FrameSource
 
@@ -75,6 +75,8 @@ class HealthProbe:
         detect_fps: float | None,
         outbox: OutboxStatus,
         provider: str | None = None,
+        clock: ClockStatus | None = None,
+        config_version: int | None = None,
     ) -> Health:
         disk = psutil.disk_usage(str(self.state_dir))
         memory = psutil.virtual_memory()
@@ -93,4 +95,6 @@ class HealthProbe:
             provider=provider,
             outbox_pending=waiting(outbox),
             outbox=outbox,
+            clock=clock,
+            config_version=config_version,
         )

@@ -18,15 +18,19 @@ from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import cv2
+from pydantic import BaseModel
 
 from polewatch import __version__
 from polewatch.protocol import Body, Box, CameraHealth, Detection, LineCounts, RuleEvent, Snapshot
+from polewatch.protocol.commands import RestartCameraArgs, SetLogLevelArgs, SnapshotArgs
 
 from .capture.camera_health import CameraHealthChange, CameraHealthChecker
 from .capture.frame_metrics import Image
 from .capture.source import Frame, FrameSource
+from .clock import ClockWatch
 from .config import AgentConfig, CameraConfig
 from .health import HealthProbe
 from .inference.detector import Detection as Found
@@ -34,9 +38,12 @@ from .inference.detector import Detector, load_detector
 from .inference.events import EventLifecycle, EventMessage, Phase, Picture
 from .inference.motion import MotionGatedDetector, MotionSettings
 from .inference.rules import RuleEngine, RuleHit
-from .inference.snapshot import Redaction, snapshot_jpeg
+from .inference.snapshot import Redaction, redact, snapshot_jpeg
 from .inference.tracker import IouTracker, TrackUpdate
-from .uplink.outbox import Outbox
+from .remote_config import ConfigRefused, RemoteConfigStore, effective_config
+from .snapshot import write_snapshot
+from .uplink.downlink import CommandRefused, Downlink
+from .uplink.outbox import Outbox, OutboxError
 from .uplink.session import Uplink
 
 log = logging.getLogger("polewatch.agent")
@@ -173,53 +180,72 @@ class RateMeter:
         return len(self._times) / self.window_s
 
 
+# How often the wall clock is compared with the monotonic clock (steps are seen within this).
+CLOCK_SAMPLE_S = 2.0
+# How long a snapshot waits for a frame from a camera that has none yet.
+SNAPSHOT_WAIT_S = 5.0
+
+
+class CameraWorker:
+    """One camera's source, health checker and the tasks that read them, started and stopped together.
+
+    A changed camera (a new URL, new rules, new thresholds) is replaced as a whole, and only that
+    camera: the others keep their tracks, their counters and their health state.
+    """
+
+    def __init__(self, config: CameraConfig, detector: Detector) -> None:
+        self.config = config
+        self.source = FrameSource(
+            config.id,
+            config.url,
+            loop=config.loop,
+            transport=config.transport,
+            stall_timeout_s=config.stall_timeout_s,
+            failed_after_s=config.failed_after_s,
+            expected_fps=config.health.low_fps.expected_fps,
+        )
+        self.checker = (
+            CameraHealthChecker(config.id, config.health, reference=load_reference(config))
+            if config.health.enabled
+            else None
+        )
+        self.detector: Detector | MotionGatedDetector = detector
+        self.use_detector(detector)
+        self.tasks: list[asyncio.Task[None]] = []
+
+    def use_detector(self, detector: Detector) -> None:
+        """The shared detector, behind this camera's own motion gate where it has one (the gate holds the
+        camera's background, so it is never shared)."""
+        motion = self.config.motion
+        if not motion.enabled:
+            self.detector = detector
+        elif isinstance(self.detector, MotionGatedDetector):
+            self.detector.detector = detector
+        else:
+            self.detector = MotionGatedDetector(
+                detector,
+                MotionSettings(width=motion.width, threshold=motion.threshold, min_area=motion.min_area,
+                               recheck_s=motion.recheck_s, alpha=motion.alpha),
+            )
+
+    @property
+    def camera_id(self) -> str:
+        return self.config.id
+
+
 class Agent:
     def __init__(self, config: AgentConfig, *, detector: Detector | None = None) -> None:
-        self.config = config
+        # `config` is the box's own file; a remote document applied earlier is laid over it.
+        self.local_config = config
         config.state_dir.mkdir(parents=True, exist_ok=True)
+        self.remote = RemoteConfigStore(config.state_dir)
+        self.config = self._with_remote(config)
+        config = self.config
         self.outbox = Outbox(config.state_dir / "outbox.db", config.device_id, config=config.outbox)
-        self.detector = detector or load_detector(
-            config.detect.model,
-            score_threshold=config.detect.score_threshold,
-            labels=config.detect.labels,
-            threads=config.detect.threads,
-            class_agnostic=config.detect.nms == "agnostic",
-        )
-        self.sources = [
-            FrameSource(
-                cam.id,
-                cam.url,
-                loop=cam.loop,
-                transport=cam.transport,
-                stall_timeout_s=cam.stall_timeout_s,
-                failed_after_s=cam.failed_after_s,
-                expected_fps=cam.health.low_fps.expected_fps,
-            )
-            for cam in config.cameras
-        ]
-        self.checkers = {
-            cam.id: CameraHealthChecker(cam.id, cam.health, reference=load_reference(cam))
-            for cam in config.cameras
-            if cam.health.enabled
-        }
-        self.rules = {cam.id: cam.rules for cam in config.cameras}
-        self.cameras = {cam.id: cam for cam in config.cameras}
-        # Per camera: the shared detector, behind the camera's own motion gate where it has one.
-        self.detectors: dict[str, Detector | MotionGatedDetector] = {
-            cam.id: MotionGatedDetector(
-                self.detector,
-                MotionSettings(
-                    width=cam.motion.width,
-                    threshold=cam.motion.threshold,
-                    min_area=cam.motion.min_area,
-                    recheck_s=cam.motion.recheck_s,
-                    alpha=cam.motion.alpha,
-                ),
-            )
-            if cam.motion.enabled
-            else self.detector
-            for cam in config.cameras
-        }
+        self._fixed_detector = detector
+        self.detector = detector or self._load_detector(config)
+        self.cameras: dict[str, CameraWorker] = {cam.id: CameraWorker(cam, self.detector) for cam in config.cameras}
+        self.downlink = Downlink(config.device_id, self.local_config, self, self.outbox, store=self.remote)
         self.snapshots_accepted = 0
         self.uplink = Uplink(
             config.mqtt,
@@ -227,62 +253,224 @@ class Agent:
             device_id=config.device_id,
             agent_version=__version__,
             replay_rate=config.outbox.replay_rate,
+            on_down=self.downlink.submit,
         )
         self.health = HealthProbe(__version__, config.state_dir)
+        self.clock = ClockWatch()
         self.detect_rate = RateMeter()
         self._health_since: dict[tuple[str, str], datetime] = {}  # (camera, condition) -> since sent
+        self._failed: asyncio.Future[None] | None = None  # fails with the error of a camera loop
+        self._workers = 0
         self.events_accepted = 0
         self.rule_events_accepted = 0
+        self.camera_starts: dict[str, int] = {}  # camera id -> times started (restarts show here)
+
+    @property
+    def sources(self) -> list[FrameSource]:
+        return [worker.source for worker in self.cameras.values()]
+
+    @property
+    def checkers(self) -> dict[str, CameraHealthChecker]:
+        return {cid: w.checker for cid, w in self.cameras.items() if w.checker is not None}
+
+    def _with_remote(self, local: AgentConfig) -> AgentConfig:
+        """The local file with the saved remote document over it; the file alone if that no longer fits."""
+        if self.remote.applied is None:
+            return local
+        try:
+            config = effective_config(local, self.remote.applied)
+        except ConfigRefused as exc:
+            log.error(
+                "the saved remote config does not fit the local config file; running the file alone",
+                extra={"version": self.remote.applied_version, "problem": str(exc)},
+            )
+            return local
+        log.info("running the saved remote config", extra={"version": self.remote.applied_version})
+        return config
+
+    def _load_detector(self, config: AgentConfig) -> Detector:
+        return load_detector(
+            config.detect.model,
+            score_threshold=config.detect.score_threshold,
+            labels=config.detect.labels,
+            threads=config.detect.threads,
+            class_agnostic=config.detect.nms == "agnostic",
+        )
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run until `stop` is set, then say goodbye to the broker and release the cameras."""
         loop = asyncio.get_running_loop()
-        # Each camera may hold a worker waiting for its next frame and another running the model, and
-        # the same two for its camera-health loop.
-        loop.set_default_executor(ThreadPoolExecutor(max_workers=4 * len(self.sources) + 4))
-        for source in self.sources:
-            source.start()
+        self._failed = loop.create_future()
+        self._ensure_workers(len(self.cameras))
+        for worker in self.cameras.values():
+            self._start_camera(worker)
         log.info(
             "agent started",
             extra={
                 "device": self.config.device_id,
-                "cameras": len(self.sources),
+                "cameras": len(self.cameras),
                 "provider": self.detector.provider,
                 "outbox_pending": self.outbox.pending_count(),
+                "config_version": self.remote.applied_version,
             },
         )
-        tasks = [asyncio.create_task(self.uplink.run(), name="uplink")]
-        tasks += [asyncio.create_task(self._watch(s), name=f"detect-{s.camera_id}") for s in self.sources]
-        tasks += [
-            asyncio.create_task(self._watch_health(s, self.checkers[s.camera_id]), name=f"camhealth-{s.camera_id}")
-            for s in self.sources
-            if s.camera_id in self.checkers
+        tasks = [
+            asyncio.create_task(self.uplink.run(), name="uplink"),
+            asyncio.create_task(self.downlink.run(), name="downlink"),
+            asyncio.create_task(self._report_health(), name="health"),
+            asyncio.create_task(self._watch_clock(), name="clock"),
         ]
-        tasks.append(asyncio.create_task(self._report_health(), name="health"))
         try:
-            stopper = asyncio.create_task(stop.wait())
-            done, _ = await asyncio.wait([stopper, *tasks], return_when=asyncio.FIRST_COMPLETED)
-            for task in done:
-                if task is not stopper and task.exception() is not None:
-                    raise task.exception()  # type: ignore[misc]  # checked not None above
+            stopper: asyncio.Future[Any] = asyncio.create_task(stop.wait())
+            watched: list[asyncio.Future[Any]] = [stopper, self._failed, *tasks]
+            done, _ = await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
+            for finished in done:
+                error = None if finished is stopper else finished.exception()
+                if error is not None:
+                    raise error
         finally:
             await self.uplink.say_goodbye()
             for task in tasks:
                 task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.gather(*tasks, return_exceptions=True)
-            for source in self.sources:
-                source.stop()
+            for worker in list(self.cameras.values()):
+                await self._stop_camera(worker)
             self.outbox.close()
             log.info("agent stopped", extra={"device": self.config.device_id})
 
+    # --- cameras: start, stop, restart ------------------------------------------------------------
+
+    def _ensure_workers(self, cameras: int) -> None:
+        """Each camera may hold a worker waiting for its next frame and another running the model, and
+        the same two for its camera-health loop; more cameras need a bigger pool."""
+        needed = 4 * cameras + 4
+        if needed > self._workers:
+            asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(max_workers=needed))
+            self._workers = needed
+
+    def _start_camera(self, worker: CameraWorker) -> None:
+        worker.source.start()
+        cid = worker.camera_id
+        worker.tasks = [asyncio.create_task(self._watch(worker.source), name=f"detect-{cid}")]
+        if worker.checker is not None:
+            worker.tasks.append(
+                asyncio.create_task(self._watch_health(worker.source, worker.checker), name=f"camhealth-{cid}")
+            )
+        for task in worker.tasks:
+            task.add_done_callback(self._camera_task_done)
+        self.camera_starts[cid] = self.camera_starts.get(cid, 0) + 1
+        log.info("camera started", extra={"camera": cid, "starts": self.camera_starts[cid]})
+
+    def _camera_task_done(self, task: asyncio.Task[None]) -> None:
+        # A camera loop only ends by cancellation; an error in one is a bug that must not go unseen.
+        if task.cancelled() or self._failed is None or self._failed.done():
+            return
+        error = task.exception()
+        if error is not None:
+            self._failed.set_exception(error)
+
+    async def _stop_camera(self, worker: CameraWorker) -> None:
+        for task in worker.tasks:
+            task.cancel()
+        await asyncio.gather(*worker.tasks, return_exceptions=True)
+        worker.tasks = []
+        await asyncio.to_thread(worker.source.stop)
+        for key in [k for k in self._health_since if k[0] == worker.camera_id]:
+            # Conditions open on the old stream get no end: a newer start supersedes them (protocol.md).
+            del self._health_since[key]
+
+    async def _restart_camera(self, config: CameraConfig) -> None:
+        old = self.cameras.get(config.id)
+        if old is not None:
+            await self._stop_camera(old)
+        worker = CameraWorker(config, self.detector)
+        self.cameras[config.id] = worker
+        self._start_camera(worker)
+
+    # --- what the server may ask (downlink.Controls) ----------------------------------------------
+
+    async def apply_config(self, config: AgentConfig) -> list[str]:
+        """Switch to a validated effective config, restarting only what changed; returns what changed.
+
+        The detector is loaded first: if that fails nothing has changed yet and the old config runs on.
+        """
+        old = self.config
+        changed: list[str] = []
+        loop_settings = {"fps", "update_every_s"}  # read by the camera loops, not the model
+        if self._fixed_detector is None and old.detect.model_dump(exclude=loop_settings) != config.detect.model_dump(
+            exclude=loop_settings
+        ):
+            self.detector = await asyncio.to_thread(self._load_detector, config)
+            for worker in self.cameras.values():
+                worker.use_detector(self.detector)
+            changed.append("detector")
+        if old.detect.fps != config.detect.fps:
+            changed.append("detect.fps")  # the detect loops read it on every frame
+        restart_all = old.detect.update_every_s != config.detect.update_every_s  # read when a camera starts
+        if restart_all:
+            changed.append("detect.update_every_s")
+        self.config = config
+        new_cameras = {cam.id: cam for cam in config.cameras}
+        for cid in [c for c in self.cameras if c not in new_cameras]:
+            await self._stop_camera(self.cameras.pop(cid))
+            changed.append(f"camera {cid} removed")
+        self._ensure_workers(len(new_cameras))
+        for cid, cam in new_cameras.items():
+            current = self.cameras.get(cid)
+            if current is not None and current.config == cam and not restart_all:
+                continue
+            await self._restart_camera(cam)
+            changed.append(f"camera {cid} {'added' if current is None else 'restarted'}")
+        if old.outbox != config.outbox:
+            await asyncio.to_thread(self.outbox.reconfigure, config.outbox)
+            self.uplink.replay_rate = config.outbox.replay_rate
+            changed.append("outbox")
+        if old.health_interval_s != config.health_interval_s:
+            changed.append("health_interval_s")
+        if old.log_level != config.log_level:
+            logging.getLogger().setLevel(config.log_level)
+            changed.append("log_level")
+        return changed
+
+    async def run_command(self, name: str, args: BaseModel, command_id: str) -> dict[str, Any]:
+        if isinstance(args, RestartCameraArgs):
+            worker = self._camera(args.camera_id)
+            await self._restart_camera(worker.config)
+            return {"camera_id": args.camera_id, "starts": self.camera_starts[args.camera_id]}
+        if isinstance(args, SnapshotArgs):
+            worker = self._camera(args.camera_id)
+            frame = await asyncio.to_thread(worker.source.latest, 0, SNAPSHOT_WAIT_S)
+            if frame is None:
+                raise RuntimeError(f"camera {args.camera_id} delivered no frame within {SNAPSHOT_WAIT_S:g} s")
+            # The same privacy as an event's snapshot: masks black, people blurred, before the file exists.
+            detections = await asyncio.to_thread(self.detector.detect, frame.image)
+            height, width = frame.image.shape[:2]
+            redacted, _ = redact(frame.image, detections, redaction_for(worker.config, width, height))
+            return await asyncio.to_thread(
+                write_snapshot, frame, args.camera_id, self.config.state_dir / "snapshots", command_id,
+                max_width=args.max_width, quality=args.quality, image=redacted,
+            )
+        if isinstance(args, SetLogLevelArgs):
+            root = logging.getLogger()
+            previous = logging.getLevelName(root.level)
+            root.setLevel(args.level)
+            log.warning("log level set by command", extra={"level": args.level, "previous": previous})
+            return {"level": args.level, "previous": previous}
+        raise CommandRefused(f"command {name!r} is not implemented by this agent")
+
+    def _camera(self, camera_id: str) -> CameraWorker:
+        worker = self.cameras.get(camera_id)
+        if worker is None:
+            raise CommandRefused(f"unknown camera {camera_id!r}; this box has {', '.join(self.cameras) or 'none'}")
+        return worker
+
     async def _watch(self, source: FrameSource) -> None:
-        interval = 1.0 / self.config.detect.fps
         tracker = IouTracker()
-        camera = self.cameras[source.camera_id]
+        worker = self.cameras[source.camera_id]
+        camera = worker.config
         events = EventLifecycle(self.config.detect.update_every_s, snapshots=camera.snapshots.enabled)
-        detector = self.detectors[source.camera_id]
-        rules = RuleEngine(self.rules[source.camera_id])
+        rules = RuleEngine(camera.rules)
         counts_since = datetime.now(timezone.utc)  # the line counters start now: say so in every count
         last_index = 0
         next_due = time.monotonic()
@@ -296,6 +484,8 @@ class Agent:
                 await self._run_rules(source, rules, update, None, None, now, counts_since)
                 continue
             last_index = frame.index
+            interval = 1.0 / self.config.detect.fps  # read per frame: a config document may change it
+            detector = worker.detector  # read per frame: a config document may reload the model
             try:
                 if isinstance(detector, MotionGatedDetector):
                     detections = await asyncio.to_thread(detector.detect, frame.image, frame.mono_time)
@@ -357,7 +547,7 @@ class Agent:
             return
         width, height = source.width or 1, source.height or 1
         frame_time = datetime.fromtimestamp(frame.wall_time if frame else time.time(), timezone.utc)
-        camera = self.cameras[source.camera_id]
+        camera = self.cameras[source.camera_id].config
         bodies: list[Body] = []
         for message in messages:
             track = message.track
@@ -437,6 +627,15 @@ class Agent:
 
     async def _report_health(self) -> None:
         while True:
+            # What the outbox gave up since the last report goes first, so the server can tell the
+            # gaps it leaves from messages still on their way (docs/outbox.md, "Gap accounting").
+            try:
+                report = await self.outbox.report_given_up_async()
+            except OutboxError as exc:
+                log.warning("could not queue the report of given-up messages", extra={"error": str(exc)})
+            else:
+                if report is not None:
+                    log.info("given-up report queued", extra={"seq": report.seq, "status": report.status})
             now = time.monotonic()
             body = self.health.snapshot(
                 self.sources,
@@ -444,6 +643,13 @@ class Agent:
                 detect_fps=self.detect_rate.rate(now),
                 outbox=await asyncio.to_thread(self.outbox.status),
                 provider=self.detector.provider,
+                clock=await asyncio.to_thread(self.clock.status),
+                config_version=self.remote.applied_version,
             )
             await self.outbox.put(body)
             await asyncio.sleep(self.config.health_interval_s)
+
+    async def _watch_clock(self) -> None:
+        while True:
+            await asyncio.sleep(CLOCK_SAMPLE_S)
+            self.clock.sample()

@@ -21,7 +21,7 @@ from starlette.concurrency import run_in_threadpool
 
 from polewatch import __version__
 
-from . import api, stream
+from . import api, delivery, stream
 from .db import make_engine, make_sessionmaker, safe_url, upgrade
 from .feed import Feed
 from .ingest import Ingest
@@ -78,6 +78,7 @@ def create_app(settings: Settings | None = None, *, run_ingest: bool = True, mig
     )
     app.state.services = services
     app.include_router(api.router)
+    app.include_router(delivery.router)
     app.include_router(stream.router)
     app.include_router(api.health_router)
 

@@ -1,4 +1,4 @@
-"""`polewatch server ...`: run the fleet server, or migrate its database.
+"""`polewatch server ...`: run the fleet server, migrate its database, set up its broker.
 
 Every flag mirrors a field of Settings and can also come from a POLEWATCH_* environment variable,
 so a systemd unit or a container sets the environment and runs `polewatch server run`; the MQTT
@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import signal
 import sys
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -121,6 +122,45 @@ def migrate(
         engine.dispose()
     state = "already at" if before == after else f"migrated from {before or 'empty'} to"
     typer.echo(f"{safe_url(database_url)}: {state} revision {after}")
+
+
+@app.command("broker-setup")
+def broker_setup_command(
+    directory: Annotated[Path, typer.Argument(help="Where to write the broker's files (kept across re-runs).")],
+    host: Annotated[
+        list[str],
+        typer.Option("--host", help="A name or IP address the boxes use to reach the broker; repeat for more."),
+    ],
+    tls_port: Annotated[int, typer.Option(help="TLS listener for the boxes (and remote servers).")] = 8883,
+    local_port: Annotated[
+        int | None, typer.Option(help="Also a plain listener on 127.0.0.1, for a fleet server on the same host.")
+    ] = None,
+    require_certificate: Annotated[
+        bool, typer.Option(help="Boxes must also present a client certificate from this CA (mutual TLS).")
+    ] = False,
+    plugin: Annotated[
+        Path | None, typer.Option(help="Path of mosquitto_dynamic_security.so (found automatically on Debian).")
+    ] = None,
+) -> None:
+    """Write Mosquitto's configuration: TLS with a new CA, dynamic security, the server's accounts.
+
+    Safe to re-run: the CA and the passwords are kept, the broker certificate is re-issued only when
+    the host names change.
+    """
+    from .broker_access.setup import broker_setup
+
+    try:
+        files = broker_setup(
+            directory, hosts=host, tls_port=tls_port, local_port=local_port,
+            require_certificate=require_certificate, plugin=plugin,
+        )
+    except (FileNotFoundError, FileExistsError, ValueError) as exc:
+        typer.echo(f"broker-setup: {exc}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(f"Broker files in {files.directory}:")
+    typer.echo(f"  start the broker:   mosquitto -c {files.conf}")
+    typer.echo(f"  boxes trust:        {files.ca_file}  (copied to each box at enrolment)")
+    typer.echo(f"  server secrets:     {files.env_file}  (mode 0600; load it into the server's environment)")
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ from datetime import datetime, timezone
 
 import aiomqtt
 
-from polewatch.protocol import KINDS, MessageError, decode, topics
+from polewatch.protocol import CORE_KINDS, KINDS, MessageError, V1Message, decode, topics
 
 from .feed import Feed, FeedItem
 from .schemas import IngestStatsOut
@@ -39,6 +39,9 @@ from .store import Outcome, Received, Store, TransientStoreError
 log = logging.getLogger(__name__)
 
 BATCH_MAX = 200
+# Kinds stored as rows. Other v1 kinds (rule_event) are rejected as unknown_kind, but their sequence
+# numbers are still noted as received, so they never show as gaps in the delivery accounting.
+STORED_KINDS: tuple[str, ...] = (*CORE_KINDS, "given_up")
 STORE_RETRY_MAX_S = 10.0
 
 
@@ -220,9 +223,12 @@ class Ingest:
                 if not payload:
                     # What clearing a retained presence looks like (decommissioning a pole).
                     raise MessageError("empty payload", reason="empty_payload")
-                message = decode(bytes(payload), parsed)
+                message = decode(bytes(payload), parsed, kinds=STORED_KINDS)
             except (topics.TopicError, MessageError) as exc:
                 self._reject(reject_reason(exc), topic, bytes(payload), str(exc))
+                seen = self._unstored_kind(topic, bytes(payload), exc)
+                if seen is not None:
+                    to_store.append(Received(seen, received_at, seq_only=True))
                 continue
             to_store.append(Received(message, received_at))
         if not to_store:
@@ -230,6 +236,16 @@ class Ingest:
         outcomes = await self._store_until_done(to_store)
         for item, outcome in zip(to_store, outcomes, strict=True):
             self._count_and_publish(item, outcome)
+
+    @staticmethod
+    def _unstored_kind(topic: str, payload: bytes, exc: Exception) -> V1Message | None:
+        """A valid message of a v1 kind this server does not store, or None."""
+        if not isinstance(exc, MessageError) or exc.reason != "unknown_kind":
+            return None
+        try:
+            return decode(payload, topics.parse(topic), kinds=KINDS)
+        except (topics.TopicError, MessageError):
+            return None
 
     async def _store_until_done(self, items: list[Received]) -> list[Outcome]:
         loop = asyncio.get_running_loop()
@@ -262,6 +278,8 @@ class Ingest:
 
     def _count_and_publish(self, item: Received, outcome: Outcome) -> None:
         msg = item.message
+        if item.seq_only:  # counted as rejected already
+            return
         if outcome.error is not None:
             self._reject("store_error", topics.up(msg.device_id, msg.kind), b"", outcome.error)
             return

@@ -24,6 +24,7 @@ from sqlalchemy import (
     MetaData,
     String,
     TypeDecorator,
+    UniqueConstraint,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -186,3 +187,62 @@ class CameraHealthEvent(Base):
     detail: Mapped[str | None] = mapped_column(String(300))
     sent_at: Mapped[datetime] = mapped_column(UtcDateTime())
     received_at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
+class ReceivedSeqRange(Base):
+    """Sequence numbers received from a device, merged into runs first..last.
+
+    The server's half of gap accounting: together with the ranges the device says it gave up
+    (`given_up_ranges`), what is in neither is still on its way. Runs, not one row per message, so a
+    device's whole history is a handful of rows and a gap report reads only those.
+    """
+
+    __tablename__ = "received_seq_ranges"
+
+    device_id: Mapped[str] = mapped_column(String(64), ForeignKey("devices.device_id"), primary_key=True)
+    first: Mapped[int] = mapped_column(BigInteger(), primary_key=True, autoincrement=False)
+    last: Mapped[int] = mapped_column(BigInteger())
+
+
+class GivenUpReport(Base):
+    """Every given_up message: the dedup key for them, and when each report came."""
+
+    __tablename__ = "given_up_reports"
+    __table_args__ = (Index("ix_given_up_reports_device_id_id", "device_id", "id"),)
+
+    id: Mapped[int] = mapped_column(RowId, primary_key=True, autoincrement=True)
+    message_id: Mapped[str] = mapped_column(String(36), unique=True)
+    device_id: Mapped[str] = mapped_column(String(64), ForeignKey("devices.device_id"))
+    seq: Mapped[int] = mapped_column(BigInteger())
+    ranges: Mapped[int] = mapped_column(Integer(), doc="How many ranges the report carried.")
+    sent_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    received_at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
+class GivenUpRange(Base):
+    """Sequence numbers a device will never send: evicted, expired, dropped, presence not queued, or
+    lost with a damaged outbox. A range can be reported more than once; it is stored once."""
+
+    __tablename__ = "given_up_ranges"
+    __table_args__ = (
+        UniqueConstraint("device_id", "first", "last", "reason", name="uq_given_up_ranges_range"),
+    )
+
+    id: Mapped[int] = mapped_column(RowId, primary_key=True, autoincrement=True)
+    device_id: Mapped[str] = mapped_column(String(64), ForeignKey("devices.device_id"))
+    first: Mapped[int] = mapped_column(BigInteger())
+    last: Mapped[int] = mapped_column(BigInteger())
+    priority: Mapped[str | None] = mapped_column(String(16), doc="Outbox class; null when the device did not know.")
+    reason: Mapped[str] = mapped_column(String(16))
+
+
+class DeviceClock(Base):
+    """The clock skew the server sees for a device: server receive time minus the device's sent_at,
+    on a message that is sent the moment it is made (the online presence of each connection)."""
+
+    __tablename__ = "device_clocks"
+
+    device_id: Mapped[str] = mapped_column(String(64), ForeignKey("devices.device_id"), primary_key=True)
+    skew_s: Mapped[float] = mapped_column(Float(), doc="Positive: the device's clock is behind the server's.")
+    measured_at: Mapped[datetime] = mapped_column(UtcDateTime(), doc="Server time of the measurement.")
+    message_id: Mapped[str] = mapped_column(String(36), doc="The message it was measured on.")

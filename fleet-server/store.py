@@ -9,6 +9,10 @@ insert did happen.
 
 Runs in one worker thread (see ingest.py): SQLite has one writer anyway, and serialising writes
 here keeps the event loop free and the row ids in commit order, which the live stream relies on.
+
+Delivery accounting rides along in the same transaction: each new message's sequence number is
+merged into the device's received runs (in any order of arrival), `given_up` reports add the
+ranges the device will never send, and a live online presence measures the device's clock skew.
 """
 
 from __future__ import annotations
@@ -19,14 +23,31 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Table, select
+from sqlalchemy import Table, delete, insert, or_, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from polewatch.protocol import AnyMessage, CameraHealthMessage, DetectionMessage, HealthMessage, PresenceMessage
+from polewatch.protocol import (
+    CameraHealthMessage,
+    DetectionMessage,
+    GivenUpMessage,
+    HealthMessage,
+    PresenceMessage,
+    V1Message,
+)
 
-from .models import CameraHealthEvent, Device, Event, HealthSample, PresenceChange
+from .models import (
+    CameraHealthEvent,
+    Device,
+    DeviceClock,
+    Event,
+    GivenUpRange,
+    GivenUpReport,
+    HealthSample,
+    PresenceChange,
+    ReceivedSeqRange,
+)
 from .schemas import DeviceOut, EventOut
 
 log = logging.getLogger(__name__)
@@ -38,10 +59,15 @@ class TransientStoreError(Exception):
 
 @dataclass(frozen=True)
 class Received:
-    """A decoded message and the server time it arrived."""
+    """A decoded message and the server time it arrived.
 
-    message: AnyMessage
+    `seq_only`: a kind this server does not store (rule_event, for now): only its sequence number is
+    noted as received, so it does not show as a gap.
+    """
+
+    message: V1Message
     received_at: datetime
+    seq_only: bool = False
 
 
 @dataclass(frozen=True)
@@ -96,14 +122,54 @@ class Store:
     # --- one message -------------------------------------------------------------------------
 
     def _apply(self, session: Session, item: Received) -> Outcome:
+        outcome = self._apply_kind(session, item)
+        if not outcome.duplicate and outcome.error is None:
+            note_received(session, item.message.device_id, item.message.seq)
+        return outcome
+
+    def _apply_kind(self, session: Session, item: Received) -> Outcome:
         message = item.message
+        if item.seq_only:
+            self._device(session, message.device_id, item.received_at)
+            return Outcome()
         if isinstance(message, DetectionMessage):
             return self._detection(session, message, item.received_at)
         if isinstance(message, HealthMessage):
             return self._health(session, message, item.received_at)
         if isinstance(message, CameraHealthMessage):
             return self._camera_health(session, message, item.received_at)
-        return self._presence(session, message, item.received_at)
+        if isinstance(message, GivenUpMessage):
+            return self._given_up(session, message, item.received_at)
+        if isinstance(message, PresenceMessage):
+            return self._presence(session, message, item.received_at)
+        raise TypeError(f"no store for {message.kind} messages")  # the ingest marks those seq_only
+
+    def _given_up(self, session: Session, msg: GivenUpMessage, received_at: datetime) -> Outcome:
+        device, created = self._device(session, msg.device_id, received_at)
+        row_id = _insert_ignore(
+            session,
+            GivenUpReport.__table__,  # type: ignore[arg-type]
+            {
+                "message_id": msg.id,
+                "device_id": msg.device_id,
+                "seq": msg.seq,
+                "ranges": len(msg.body.ranges),
+                "sent_at": msg.sent_at,
+                "received_at": received_at,
+            },
+        )
+        if row_id is None:
+            return Outcome(duplicate=True)
+        for r in msg.body.ranges:
+            # The same range may come again in a later report (its first report's ack was lost).
+            _insert_ignore(
+                session,
+                GivenUpRange.__table__,  # type: ignore[arg-type]
+                {"device_id": msg.device_id, "first": r.first, "last": r.last, "priority": r.priority,
+                 "reason": r.reason},
+                conflict_columns=("device_id", "first", "last", "reason"),
+            )
+        return Outcome(device=DeviceOut.of(device) if created else None)
 
     def _device(self, session: Session, device_id: str, received_at: datetime) -> tuple[Device, bool]:
         """The device row, created on first contact (race-free across replicas)."""
@@ -227,6 +293,10 @@ class Store:
         # Applied in arrival order, not by seq or sent_at: an agent builds its last-will (offline)
         # before it connects and publishes online, so the will carries the older seq yet is the
         # newer fact when the broker fires it. The broker delivers one client's topic in order.
+        if body.state == "online" and body.reason == "connected":
+            # Made the moment it is published, never replayed from the outbox: receive time minus
+            # sent_at is the device's clock error (plus one hop of latency, milliseconds).
+            _record_skew(session, msg, received_at)
         device.online = body.state == "online"
         device.presence_reason = _clip(body.reason, 200)
         device.last_presence_at = msg.sent_at
@@ -236,30 +306,67 @@ class Store:
         return Outcome(device=DeviceOut.of(device))
 
 
+def note_received(session: Session, device_id: str, seq: int) -> None:
+    """Merge `seq` into the device's runs of received sequence numbers, whatever the arrival order.
+
+    Touches at most the two runs next to `seq`: one that it extends, or two that it joins. Runs
+    with the device's row locked (every caller has been through `_device`), so replicas do not
+    interleave their merges on PostgreSQL.
+    """
+    near = session.execute(
+        select(ReceivedSeqRange.first, ReceivedSeqRange.last).where(
+            ReceivedSeqRange.device_id == device_id,
+            ReceivedSeqRange.first <= seq + 1,
+            ReceivedSeqRange.last >= seq - 1,
+        )
+    ).all()
+    if any(first <= seq <= last for first, last in near):
+        return
+    first = min([seq, *(f for f, _ in near)])
+    last = max([seq, *(la for _, la in near)])
+    if near:
+        session.execute(
+            delete(ReceivedSeqRange).where(
+                ReceivedSeqRange.device_id == device_id,
+                or_(*(ReceivedSeqRange.first == f for f, _ in near)),
+            )
+        )
+    session.execute(insert(ReceivedSeqRange).values(device_id=device_id, first=first, last=last))
+
+
+def _record_skew(session: Session, msg: PresenceMessage, received_at: datetime) -> None:
+    skew = (received_at - msg.sent_at).total_seconds()
+    clock = session.get(DeviceClock, msg.device_id)
+    if clock is None:
+        session.add(DeviceClock(device_id=msg.device_id, skew_s=skew, measured_at=received_at, message_id=msg.id))
+    elif received_at >= clock.measured_at:
+        clock.skew_s, clock.measured_at, clock.message_id = skew, received_at, msg.id
+
+
 def _insert_ignore(
     session: Session,
     table: Table,
     values: dict[str, Any],
     *,
     conflict_column: str = "message_id",
+    conflict_columns: tuple[str, ...] | None = None,
     returning: str = "id",
 ) -> Any:
-    """INSERT ... ON CONFLICT (col) DO NOTHING RETURNING col; None when the row already existed.
+    """INSERT ... ON CONFLICT (cols) DO NOTHING RETURNING col; None when the row already existed.
 
     The dialect's own insert construct is picked at run time: both SQLite (3.35+) and PostgreSQL
     support this statement, with the same meaning.
     """
+    columns = list(conflict_columns or (conflict_column,))
     dialect = session.get_bind().dialect.name
     if dialect == "postgresql":
-        pg = postgresql.insert(table).values(values).on_conflict_do_nothing(index_elements=[conflict_column])
+        pg = postgresql.insert(table).values(values).on_conflict_do_nothing(index_elements=columns)
         return session.execute(pg.returning(table.c[returning])).scalar_one_or_none()
     if dialect == "sqlite":
-        lite = sqlite.insert(table).values(values).on_conflict_do_nothing(index_elements=[conflict_column])
+        lite = sqlite.insert(table).values(values).on_conflict_do_nothing(index_elements=columns)
         return session.execute(lite.returning(table.c[returning])).scalar_one_or_none()
     # Any other engine: look first. Not race-free across writers, but correct for one replica.
-    exists = session.execute(
-        select(table.c[conflict_column]).where(table.c[conflict_column] == values[conflict_column])
-    )
+    exists = session.execute(select(table.c[columns[0]]).where(*(table.c[c] == values[c] for c in columns)))
     if exists.first() is not None:
         return None
     return session.execute(table.insert().values(values).returning(table.c[returning])).scalar_one()

@@ -25,10 +25,12 @@ from pydantic import (
     Field,
     TypeAdapter,
     ValidationError,
+    field_serializer,
     model_validator,
 )
 
 from .ids import new_message_id
+from .settings import AgentSettings
 from .topics import DEVICE_ID_PATTERN, ParsedTopic
 
 SCHEMA_VERSION: Literal[1] = 1
@@ -138,6 +140,35 @@ class OutboxStatus(Body):
     last_error: str | None = Field(default=None, description="The last storage error, while storage is not ok.")
 
 
+class ClockStatus(Body):
+    """How far the box's wall clock can be trusted, for correcting the timestamps it sent.
+
+    `offset_s` is wall clock minus monotonic clock: constant while nobody sets the clock, so a jump
+    in it is a step of the wall clock (NTP correcting an RTC that drifted while the box was offline,
+    or someone setting the time). Every envelope carries both clocks (`sent_at`, `mono`): within one
+    boot (`boot_id`), `mono + offset_s` of a synchronised report is the corrected time of any message.
+    """
+
+    synchronised: bool | None = Field(
+        default=None, description="The kernel's NTP state says the clock is synchronised; null: unknown."
+    )
+    max_error_s: float | None = Field(
+        default=None, ge=0, description="The kernel's bound on the clock's error (adjtimex maxerror)."
+    )
+    offset_s: float = Field(description="Wall clock minus monotonic clock now (s).")
+    boot_id: str | None = Field(
+        default=None, description="Identifies the boot: `mono` values are comparable only within one."
+    )
+    steps: int = Field(default=0, ge=0, description="Wall-clock steps seen since the agent started.")
+    last_step_s: float | None = Field(
+        default=None, description="Size of the last step (s): positive when the clock was set forward."
+    )
+    last_step_at: AwareDatetime | None = Field(default=None, description="Wall time just after the last step.")
+    last_step_mono: float | None = Field(
+        default=None, ge=0, description="Monotonic time of the first reading after the last step."
+    )
+
+
 class Health(Body):
     """Periodic health of the box, its cameras and its detector."""
 
@@ -157,6 +188,10 @@ class Health(Body):
     )
     outbox_pending: int = Field(default=0, ge=0, description="Messages on disk waiting for the broker.")
     outbox: OutboxStatus | None = Field(default=None, description="Details of the outbox; older agents leave it out.")
+    clock: ClockStatus | None = Field(default=None, description="Wall-clock trust; older agents leave it out.")
+    config_version: int | None = Field(
+        default=None, ge=0, description="Version of the remote config document applied; null: the local file only."
+    )
 
 
 class Box(Body):
@@ -314,6 +349,101 @@ class RuleEvent(Body):
         return self
 
 
+class GivenUpRange(Body):
+    """Sequence numbers `first`..`last` (inclusive) that the box gave up, all for one reason and class."""
+
+    first: int = Field(ge=0)
+    last: int = Field(ge=0)
+    priority: Literal["telemetry", "snapshot", "health_event", "alert"] | None = Field(
+        default=None, description="The outbox class of the messages; null when unknown (outbox_replaced)."
+    )
+    reason: Literal["evicted", "expired", "dropped", "not_queued", "outbox_replaced", "skipped"] = Field(
+        description="evicted: to stay under the outbox cap; expired: past the class's time-to-live; dropped: the "
+        "disk could not be written; not_queued: a presence message, published once and never resent (a "
+        "connection's last will may never be used); outbox_replaced: a damaged outbox file was moved aside, with "
+        "whatever still waited in it; skipped: numbers passed over after the agent stopped without closing its "
+        "outbox (messages that had them were held in memory only, or were never made)."
+    )
+
+    @model_validator(mode="after")
+    def _ordered(self) -> GivenUpRange:
+        if self.last < self.first:
+            raise ValueError("last is below first")
+        return self
+
+
+class GivenUp(Body):
+    """Sequence numbers the box will never send, so the server can tell them from messages still on
+    their way. Cumulative reporting is idempotent: the same range may arrive in several reports."""
+
+    ranges: list[GivenUpRange] = Field(min_length=1, max_length=1000)
+
+
+COMMAND_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,79}$"
+
+
+class DesiredConfig(Body):
+    """Server -> box, retained on `down/config`: the remote config document and its version.
+
+    Versions only go up: the box applies a version newer than the one it runs and ignores an equal
+    one (the broker redelivers the retained document on every connect).
+    """
+
+    version: int = Field(ge=1, description="Increases with every change of the document for this box.")
+    config: AgentSettings
+
+    @field_serializer("config")
+    def _only_what_is_set(self, config: AgentSettings) -> dict[str, Any]:
+        # A key the document leaves out means "the box's own value", so defaults must not be filled in
+        # on the way out: the wire carries exactly the keys the server set.
+        return config.model_dump(mode="json", exclude_unset=True)
+
+
+class Command(Body):
+    """Server -> box, on `down/command`: do something once (see protocol/commands.py for the names).
+
+    `command_id` is the idempotency key: a command delivered again (QoS 1 redelivery, a retry by the
+    server) is acknowledged again with the first result and never run twice.
+    """
+
+    command_id: str = Field(pattern=COMMAND_ID_PATTERN, description="Unique per box; chosen by the server.")
+    name: str = Field(min_length=1, max_length=64, description="restart_camera, snapshot, set_log_level, ...")
+    args: dict[str, Any] = Field(default_factory=dict)
+    expires_at: AwareDatetime | None = Field(
+        default=None, description="Refused (not run) if it reaches the box after this time (box's clock)."
+    )
+
+
+class ConfigReport(Body):
+    """Box -> server, on `up/config_report`: what became of a config document version."""
+
+    version: int = Field(ge=0, description="The document version this report is about.")
+    status: Literal["applied", "refused"]
+    reason: str | None = Field(default=None, max_length=2000, description="Refused: the field and the problem.")
+    field: str | None = Field(default=None, max_length=200, description="Refused: the first field at fault, dotted.")
+    applied_version: int | None = Field(
+        default=None, ge=0, description="The version the box runs after this report; null: its local file only."
+    )
+    changed: list[str] = Field(
+        default_factory=list, description="Applied: what the box changed or restarted ('camera cam1', 'detector')."
+    )
+
+
+class CommandAck(Body):
+    """Box -> server, on `up/command_ack`: the outcome of one command."""
+
+    command_id: str = Field(pattern=COMMAND_ID_PATTERN)
+    name: str | None = Field(default=None, max_length=64)
+    status: Literal["done", "refused", "failed"] = Field(
+        description="done: it ran; refused: not run (unknown, malformed, expired, bad args); failed: it ran and failed."
+    )
+    reason: str | None = Field(default=None, max_length=2000)
+    result: dict[str, Any] | None = Field(default=None, description="What the command produced (e.g. snapshot path).")
+    repeated: bool = Field(
+        default=False, description="This command id was seen before: the first outcome, sent again, not run again."
+    )
+
+
 class _Envelope(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
 
@@ -358,8 +488,47 @@ class SnapshotMessage(_Envelope):
     body: Snapshot
 
 
+class GivenUpMessage(_Envelope):
+    kind: Literal["given_up"] = "given_up"
+    body: GivenUp
+
+
+class ConfigReportMessage(_Envelope):
+    kind: Literal["config_report"] = "config_report"
+    body: ConfigReport
+
+
+class CommandAckMessage(_Envelope):
+    kind: Literal["command_ack"] = "command_ack"
+    body: CommandAck
+
+
+class ConfigMessage(_Envelope):
+    """Sent by the server: `device_id` is the box addressed, `seq` the server's own counter for it."""
+
+    kind: Literal["config"] = "config"
+    body: DesiredConfig
+
+
+class CommandMessage(_Envelope):
+    """Sent by the server: `device_id` is the box addressed, `seq` the server's own counter for it."""
+
+    kind: Literal["command"] = "command"
+    body: Command
+
+
 Message = Annotated[
-    PresenceMessage | HealthMessage | DetectionMessage | CameraHealthMessage | RuleEventMessage | SnapshotMessage,
+    PresenceMessage
+    | HealthMessage
+    | DetectionMessage
+    | CameraHealthMessage
+    | RuleEventMessage
+    | SnapshotMessage
+    | GivenUpMessage
+    | ConfigReportMessage
+    | CommandAckMessage
+    | ConfigMessage
+    | CommandMessage,
     Field(discriminator="kind"),
 ]
 # What every v1 receiver handles, and all `decode` returns unless the caller names more kinds.
@@ -368,8 +537,20 @@ CORE_KINDS: tuple[str, ...] = ("presence", "health", "detection", "camera_health
 # Every kind of v1. A kind added after the first fleet server is decoded only by a receiver that asks
 # for it (`decode(..., kinds=KINDS)`): any other receiver rejects it as unknown_kind (counted, acked)
 # instead of taking it for a kind it stores.
-V1Message = AnyMessage | RuleEventMessage | SnapshotMessage
-KINDS: tuple[str, ...] = (*CORE_KINDS, "rule_event", "snapshot")
+V1Message = (
+    AnyMessage
+    | RuleEventMessage
+    | SnapshotMessage
+    | GivenUpMessage
+    | ConfigReportMessage
+    | CommandAckMessage
+    | ConfigMessage
+    | CommandMessage
+)
+# Server -> box kinds (on `down/<kind>`); every other kind goes box -> server (on `up/<kind>`).
+DOWN_KINDS: tuple[str, ...] = ("config", "command")
+UP_KINDS: tuple[str, ...] = (*CORE_KINDS, "rule_event", "snapshot", "given_up", "config_report", "command_ack")
+KINDS: tuple[str, ...] = (*UP_KINDS, *DOWN_KINDS)
 
 _MESSAGE_ADAPTER: TypeAdapter[V1Message] = TypeAdapter(Message)
 _BY_BODY: dict[type[Body], type[V1Message]] = {
@@ -379,6 +560,11 @@ _BY_BODY: dict[type[Body], type[V1Message]] = {
     CameraHealth: CameraHealthMessage,
     RuleEvent: RuleEventMessage,
     Snapshot: SnapshotMessage,
+    GivenUp: GivenUpMessage,
+    ConfigReport: ConfigReportMessage,
+    CommandAck: CommandAckMessage,
+    DesiredConfig: ConfigMessage,
+    Command: CommandMessage,
 }
 
 
@@ -389,9 +575,23 @@ def build(body: RuleEvent, *, device_id: str, seq: int) -> RuleEventMessage: ...
 @overload
 def build(body: Snapshot, *, device_id: str, seq: int) -> SnapshotMessage: ...
 @overload
+def build(body: GivenUp, *, device_id: str, seq: int) -> GivenUpMessage: ...
+@overload
+def build(body: ConfigReport, *, device_id: str, seq: int) -> ConfigReportMessage: ...
+@overload
+def build(body: CommandAck, *, device_id: str, seq: int) -> CommandAckMessage: ...
+@overload
+def build(body: DesiredConfig, *, device_id: str, seq: int) -> ConfigMessage: ...
+@overload
+def build(body: Command, *, device_id: str, seq: int) -> CommandMessage: ...
+@overload
 def build(body: Body, *, device_id: str, seq: int) -> V1Message: ...
 def build(body: Body, *, device_id: str, seq: int) -> V1Message:
-    """Wrap a body in a fresh envelope (new id, both clocks read now)."""
+    """Wrap a body in a fresh envelope (new id, both clocks read now).
+
+    The server builds its down messages (config, command) the same way, with `device_id` the box
+    addressed and `seq` its own per-box counter of down messages.
+    """
     cls = _BY_BODY[type(body)]
     return cls(
         id=new_message_id(),
@@ -434,7 +634,7 @@ def decode(
     if not isinstance(raw, dict):
         raise MessageError(f"payload is a JSON {type(raw).__name__}, expected an object", reason="not_object")
     kind = raw.get("kind")
-    if kind not in kinds or kind not in KINDS:
+    if not isinstance(kind, str) or kind not in kinds or kind not in KINDS:
         known = ", ".join(k for k in KINDS if k in kinds)
         raise MessageError(f"unknown message kind {kind!r}; this receiver knows {known}", reason="unknown_kind")
     try:
@@ -450,6 +650,12 @@ def decode(
         if topic.kind != message.kind:
             raise MessageError(
                 f"envelope kind {message.kind!r} does not match topic kind {topic.kind!r}", reason="kind_mismatch"
+            )
+        direction = "down" if message.kind in DOWN_KINDS else "up"
+        if topic.direction != direction:
+            raise MessageError(
+                f"a {message.kind} message travels on the {direction} branch, not {topic.direction}",
+                reason="direction_mismatch",
             )
     return message
 

@@ -16,6 +16,10 @@ SD card it runs from must neither fill up nor wear out. docs/outbox.md gives the
   message of every other class are held in memory, the condition is reported, and the outbox writes
   them to disk by itself once it can again.
 - A damaged database is detected when it is opened, moved aside and replaced by a new one.
+- Every sequence number given up (evicted, expired, dropped, presence never queued, a damaged file
+  replaced) is written to a ledger (`given_up`) in the same transaction, and reported to the server
+  in `given_up` messages until one carrying it is acknowledged, so the server can tell a gap that
+  will never be filled from messages still on their way.
 """
 
 from __future__ import annotations
@@ -38,7 +42,17 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal, NamedTuple, TypeVar
 
-from polewatch.protocol import Body, OutboxStatus, PriorityCounts, V1Message, build, encode, topics
+from polewatch.protocol import (
+    Body,
+    GivenUp,
+    GivenUpRange,
+    OutboxStatus,
+    PriorityCounts,
+    V1Message,
+    build,
+    encode,
+    topics,
+)
 
 from ..config import OutboxConfig
 from .priority import EVICTION_ORDER, REPLAY_ORDER, Priority, priority_of
@@ -285,6 +299,46 @@ _VIEW_DDL = "CREATE VIEW IF NOT EXISTS outbox AS " + " UNION ALL ".join(
     for p in REPLAY_ORDER
 )
 _COUNTERS = ("evicted", "expired", "dropped")
+# The ledger of sequence numbers given up: ranges of one class and reason. `report_seq` is the given_up
+# message that carries the range (NULL: not reported yet); the range is deleted once that message is
+# acknowledged, and made unreported again if that message is itself given up.
+_LEDGER_DDL = """
+CREATE TABLE IF NOT EXISTS given_up (
+    id INTEGER PRIMARY KEY,
+    first INTEGER NOT NULL,
+    last INTEGER NOT NULL,
+    class INTEGER,
+    reason TEXT NOT NULL,
+    report_seq INTEGER
+)"""
+# Ranges per given_up message (the wire contract allows up to 1000).
+REPORT_RANGES = 500
+# Sequence numbers reserved on disk ahead of use. A message held in memory (disk unwritable) is sent
+# only if its number is below the reservation, and a run that did not close its outbox makes the
+# next one start past the reservation: so a number that went out from memory is never handed out
+# again after a crash. Renewed when half used: one meta row every 512 messages.
+SEQ_RESERVE = 1024
+# (sequence number, class or None when unknown, reason) of one message given up.
+_GivenUp = tuple[int, "Priority | None", str]
+
+
+def ledger_ranges(entries: Iterable[_GivenUp]) -> list[tuple[int, int, Priority | None, str]]:
+    """Runs of consecutive sequence numbers of one class and reason, as (first, last, class, reason)."""
+    groups: dict[tuple[Priority | None, str], list[int]] = {}
+    for seq, priority, reason in entries:
+        groups.setdefault((priority, reason), []).append(seq)
+    out: list[tuple[int, int, Priority | None, str]] = []
+    for (priority, reason), seqs in groups.items():
+        seqs = sorted(set(seqs))
+        first = last = seqs[0]
+        for seq in seqs[1:]:
+            if seq == last + 1:
+                last = seq
+                continue
+            out.append((first, last, priority, reason))
+            first = last = seq
+        out.append((first, last, priority, reason))
+    return sorted(out, key=lambda r: r[0])
 
 
 def _counter_key(counter: str, priority: Priority) -> str:
@@ -363,6 +417,10 @@ class Outbox:
         self._next_purge = time.monotonic() + PURGE_INTERVAL_S
         self._next_compact = time.monotonic() + self.config.compact_interval_s
         self._last_eviction_log = 0.0
+        self._ledger_new: list[_GivenUp] = []  # given up, not in the ledger table yet (guarded by _lock)
+        self._reports: set[int] = set()  # sequence numbers of given_up messages waiting in the outbox
+        self._seq_reserved = 0  # numbers below this are reserved on disk (see SEQ_RESERVE)
+        self._opened = False
 
         try:
             self._conn = self._open()
@@ -455,6 +513,9 @@ class Outbox:
             message = build(body, device_id=self.device_id, seq=self._next_seq)
             self._next_seq += 1
             self._unsaved_seq = True
+            # Published once, never resent (and a last will may never be used): in the ledger, so
+            # the server does not wait for it if it never comes.
+            self._ledger_new.append((message.seq, priority_of(message.kind), "not_queued"))
             reply = _Reply()
             self._queue.put(_Flush(reply))
         reply.result()
@@ -565,6 +626,28 @@ class Outbox:
         """Copy the write-ahead log into the database and empty it."""
         self._call(self._checkpoint)
 
+    def report_given_up(self, limit: int = REPORT_RANGES) -> Accepted | None:
+        """Queue a `given_up` message with ledger ranges not yet reported; None when there are none
+        (or the disk cannot be written now: the ranges wait in the ledger for the next call)."""
+        return self._call(lambda: self._report(limit))
+
+    async def report_given_up_async(self, limit: int = REPORT_RANGES) -> Accepted | None:
+        reply = _Reply(asyncio.get_running_loop())
+        self._submit(_Call(lambda: self._report(limit), reply))
+        result: Accepted | None = await reply.wait()
+        return result
+
+    def ledger(self) -> list[tuple[int, int, str | None, str, int | None]]:
+        """The ledger as (first, last, class, reason, report_seq): for tests and people."""
+
+        def read() -> list[tuple[int, int, str | None, str, int | None]]:
+            if self._conn is None:
+                return []
+            rows = self._conn.execute("SELECT first, last, class, reason, report_seq FROM given_up ORDER BY first")
+            return [(f, la, None if c is None else Priority(c).label, r, rs) for f, la, c, r, rs in rows]
+
+        return self._call(read)
+
     @property
     def storage_state(self) -> StorageState:
         return self._state
@@ -590,6 +673,23 @@ class Outbox:
         except OSError:
             wal = 0
         return self._written_checkpointed + wal
+
+    def reconfigure(self, config: OutboxConfig) -> None:
+        """Take new limits from a remote config document, without closing the outbox.
+
+        Swapped on the writer thread, between two steps, so a step never mixes old and new limits.
+        A lower `max_bytes` is enforced from the next write on (eviction makes the room then);
+        `replay_rate` belongs to the uplink.
+        """
+
+        def swap() -> None:
+            self.config = config
+            self.limits = _Limits.for_cap(int(config.max_bytes), self._page_size)
+            self._window_s = config.group_commit_ms / 1000.0
+            self._ttl = {p: getattr(config.ttl_s, p.label) for p in Priority}
+            self._next_compact = min(self._next_compact, time.monotonic() + config.compact_interval_s)
+
+        self._call(swap)
 
     def status(self) -> OutboxStatus:
         """The outbox's part of the health report."""
@@ -838,8 +938,10 @@ class Outbox:
                 except Exception:  # a listener's bug must not stop the writer
                     log.exception("outbox listener failed")
 
-    def _write(self, rows: list[Pending]) -> dict[int, AcceptStatus]:
-        """One transaction: acknowledged rows out, held and new rows in (making room), counters."""
+    def _write(self, rows: list[Pending], report: tuple[int, list[int]] | None = None) -> dict[int, AcceptStatus]:
+        """One transaction: acknowledged rows out, held and new rows in (making room), counters, and
+        the ledger of what was given up. `report`: (seq of a given_up message among `rows`, ledger
+        ids it carries), marked as carried if the message is stored."""
         if self._conn is None:
             try:
                 self._conn = self._open()
@@ -855,11 +957,22 @@ class Outbox:
         # The next sequence number needs saving only when rows that carry it may be deleted, or for a
         # number used by no row (presence): otherwise the highest stored row says it (see _load).
         persist_seq = bool(removing) or not incoming or self._unsaved_seq
+        with self._lock:
+            ledger_n = len(self._ledger_new)
+            given: list[_GivenUp] = self._ledger_new[:ledger_n]
+        delivered_reports = [seq for seq in removing if seq in self._reports]
         try:
             conn.execute("BEGIN IMMEDIATE")
             try:
                 self._delete_acknowledged(conn, removing, counts)
-                self._insert(conn, incoming, counts, evicted, statuses)
+                if delivered_reports:
+                    conn.executemany("DELETE FROM given_up WHERE report_seq = ?", [(s,) for s in delivered_reports])
+                self._insert(conn, incoming, counts, evicted, statuses, given)
+                self._ledger_write(conn, given)
+                reserved = self._renew_reservation(conn)
+                if report is not None and statuses.get(report[0]) == "stored":
+                    conn.executemany("UPDATE given_up SET report_seq = ? WHERE id = ?",
+                                     [(report[0], i) for i in report[1]])
                 unsaved = {name: dict(self._unsaved[name]) for name in _COUNTERS}
                 for p, n in evicted.items():
                     unsaved["evicted"][p] += n
@@ -876,6 +989,13 @@ class Outbox:
             self._close_connection()
             raise _StorageError("unavailable", f"outbox database damaged: {exc}") from exc
         # Committed: make the in-memory picture match.
+        self._seq_reserved = max(self._seq_reserved, reserved)
+        with self._lock:
+            del self._ledger_new[:ledger_n]
+        self._reports.difference_update(delivered_reports)
+        self._reports.difference_update(seq for seq, _, _ in given)
+        if report is not None and statuses.get(report[0]) == "stored":
+            self._reports.add(report[0])
         self._commits += 1
         self._counts = counts
         self._unsaved_seq = False
@@ -943,9 +1063,11 @@ class Outbox:
         counts: dict[Priority, int],
         evicted: dict[Priority, int],
         statuses: dict[int, AcceptStatus],
+        given: list[_GivenUp],
     ) -> None:
         """Insert rows in sequence order; before one would break the budget, give up the oldest rows of
-        the least important class (or the new row itself, if everything stored is more important)."""
+        the least important class (or the new row itself, if everything stored is more important).
+        What is given up is added to `given`, for the ledger."""
         if not rows:
             return
         budget = self.limits.data_budget
@@ -976,11 +1098,13 @@ class Outbox:
                     need = max(need, chunk)  # give up a little more, so the next rows do not each evict
                 gone = self._evict_oldest(conn, victim, need)
                 # Nothing there after all (the count was off): believe the table, not the count.
-                counts[victim] = counts[victim] - gone if gone else 0
-                evicted[victim] += gone
+                counts[victim] = counts[victim] - len(gone) if gone else 0
+                evicted[victim] += len(gone)
+                given.extend((seq, victim, "evicted") for seq in gone)
                 used = self._used_bytes(conn)
             if not fits:
                 evicted[r.priority] += 1
+                given.append((r.seq, r.priority, "evicted"))
                 statuses[r.seq] = "evicted"
                 continue
             self._insert_many(conn, r.priority, [r])
@@ -1007,23 +1131,97 @@ class Outbox:
                 params += (r.seq, r.message_id, r.kind, r.payload, int(r.retain), r.created)
             conn.execute(sql, params)
 
-    def _evict_oldest(self, conn: sqlite3.Connection, priority: Priority, need: int) -> int:
-        """Delete the oldest rows of one class whose sizes add up to `need` bytes (at least one row)."""
+    def _evict_oldest(self, conn: sqlite3.Connection, priority: Priority, need: int) -> list[int]:
+        """Delete the oldest rows of one class whose sizes add up to `need` bytes (at least one row);
+        returns their sequence numbers."""
         table = _table(priority)
         found = conn.execute(
             f"SELECT seq, length(payload) + length(message_id) + length(kind) + {ROW_OVERHEAD} "
             f"FROM {table} ORDER BY seq LIMIT 1024"
         ).fetchall()
         if not found:
-            return 0
+            return []
         total, last = 0, found[-1][0]
         for seq, cost in found:
             total += int(cost * PAGE_SLACK)
             if total >= need:
                 last = seq
                 break
-        cursor = conn.execute(f"DELETE FROM {table} WHERE seq <= ?", (last,))
-        return max(0, cursor.rowcount)
+        conn.execute(f"DELETE FROM {table} WHERE seq <= ?", (last,))
+        return [seq for seq, _ in found if seq <= last]
+
+    def _renew_reservation(self, conn: sqlite3.Connection) -> int:
+        """Reserve the next SEQ_RESERVE numbers on disk once half of the reservation is used (in the
+        caller's transaction); returns the reservation then on disk."""
+        with self._lock:
+            nxt = self._next_seq
+        if nxt + SEQ_RESERVE // 2 <= self._seq_reserved:
+            return self._seq_reserved
+        reserved = nxt + SEQ_RESERVE
+        conn.execute(
+            "INSERT INTO meta (key, value) VALUES ('seq_reserved', ?) "
+            "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            (reserved,),
+        )
+        return reserved
+
+    def _ledger_write(self, conn: sqlite3.Connection, given: list[_GivenUp]) -> None:
+        """Record what was given up (in the caller's transaction). A given_up message among it makes
+        the ranges it carried unreported again: the next report carries them."""
+        if not given:
+            return
+        reports = [(seq,) for seq, _, _ in given if seq in self._reports]
+        if reports:
+            conn.executemany("UPDATE given_up SET report_seq = NULL WHERE report_seq = ?", reports)
+        conn.executemany(
+            "INSERT INTO given_up (first, last, class, reason) VALUES (?, ?, ?, ?)",
+            [(first, last, None if p is None else int(p), reason) for first, last, p, reason in ledger_ranges(given)],
+        )
+
+    def _report(self, limit: int) -> Accepted | None:
+        """The writer thread's side of `report_given_up`."""
+        if self._state != "ok":
+            return None
+        with self._lock:
+            unsaved = bool(self._ledger_new)
+        if unsaved:
+            self._commit([])  # the ledger's newest entries go to disk first, so they can be reported
+        conn = self._conn
+        if conn is None or self._state != "ok":
+            return None
+        found = conn.execute(
+            "SELECT id, first, last, class, reason FROM given_up WHERE report_seq IS NULL ORDER BY first LIMIT ?",
+            (max(1, min(limit, 1000)),),
+        ).fetchall()
+        if not found:
+            return None
+        body = GivenUp(
+            ranges=[
+                GivenUpRange.model_validate(
+                    {"first": f, "last": la, "priority": None if c is None else Priority(c).label, "reason": r}
+                )
+                for _, f, la, c, r in found
+            ]
+        )
+        with self._lock:
+            if self._closed:
+                return None
+            message = build(body, device_id=self.device_id, seq=self._next_seq)
+            self._next_seq += 1
+        payload = encode(message)
+        row = Pending(message.seq, priority_of(message.kind), message.id, message.kind, self._topic(message.kind),
+                      payload, False, int(self._clock()), row_cost(payload, message.id, message.kind))
+        statuses: dict[int, AcceptStatus] = {}
+        try:
+            statuses = self._write([row], report=(row.seq, [i for i, *_ in found]))
+        except _StorageError as exc:
+            # Held like any alert; its ranges stay unreported and go out again in a later report.
+            self._degrade(exc)
+            self._hold([row], statuses)
+        for listener in list(self._listeners):
+            with contextlib.suppress(Exception):
+                listener()
+        return Accepted(message, statuses.get(row.seq, "dropped"))
 
     def _save_meta(
         self, conn: sqlite3.Connection, unsaved: Mapping[str, Mapping[Priority, int]], *, persist_seq: bool = True
@@ -1095,6 +1293,7 @@ class Outbox:
                 if cap <= 0:
                     self._unsaved["dropped"][r.priority] += 1
                     statuses[r.seq] = "dropped"
+                    self._given_up_in_memory(r.seq, r.priority)
                     continue
                 self._held[r.seq] = r
                 self._held_alerts += 1
@@ -1104,6 +1303,7 @@ class Outbox:
                     self._unhold(oldest)
                     self._unsaved["dropped"][Priority.ALERT] += 1
                     statuses[oldest] = "dropped"
+                    self._given_up_in_memory(oldest, Priority.ALERT)
             else:
                 # Of every other class only the newest is worth keeping (it says how the box is now).
                 previous = self._held_latest.get(r.priority)
@@ -1111,9 +1311,15 @@ class Outbox:
                     self._unhold(previous)
                     self._unsaved["dropped"][r.priority] += 1
                     statuses[previous] = "dropped"
+                    self._given_up_in_memory(previous, r.priority)
                 self._held[r.seq] = r
                 self._held_latest[r.priority] = r.seq
                 statuses[r.seq] = "held"
+
+    def _given_up_in_memory(self, seq: int, priority: Priority) -> None:
+        """Dropped while the disk cannot be written: into the ledger with the next commit that works."""
+        with self._lock:
+            self._ledger_new.append((seq, priority, "dropped"))
 
     def _unhold(self, seq: int) -> None:
         row = self._held.pop(seq, None)
@@ -1132,8 +1338,10 @@ class Outbox:
                 break
             low = max(after.get(p, -1), min_seq - 1)
             found = self._read_class(p, low, below_seq, want)
+            # A held message goes out only if its number is reserved on disk: after a crash the next
+            # run starts past the reservation, so the number is never used twice.
             held = [r for r in self._held.values() if r.priority == p and r.seq > low
-                    and (below_seq is None or r.seq < below_seq)]
+                    and (below_seq is None or r.seq < below_seq) and r.seq < self._seq_reserved]
             if held:
                 found = sorted([*found, *held], key=lambda r: r.seq)[:want]
             out.extend(found)
@@ -1269,6 +1477,16 @@ class Outbox:
                         group,
                     )
                 conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            conn.execute(_LEDGER_DDL)  # also into outboxes made before the ledger existed
+            if corruption is not None:
+                # Whatever still waited in the damaged file is gone with it: every number below the
+                # new start is given up, unless the server has it already.
+                first_free = max(int(meta.get("next_seq", 0)), self._next_seq) if version < SCHEMA_VERSION else 0
+                if first_free > 0:
+                    conn.execute(
+                        "INSERT INTO given_up (first, last, class, reason) VALUES (0, ?, NULL, 'outbox_replaced')",
+                        (first_free - 1,),
+                    )
             # A write on every open: a read-only disk shows itself now, not at the first event.
             conn.execute(
                 "INSERT INTO meta (key, value) VALUES ('opened_at', ?) "
@@ -1322,14 +1540,44 @@ class Outbox:
             if top is not None:
                 highest = max(highest, int(top))
         self._counts = counts
+        self._reports = {
+            int(seq) for (seq,) in conn.execute("SELECT DISTINCT report_seq FROM given_up WHERE report_seq IS NOT NULL")
+        }
         for name in _COUNTERS:
             for p in Priority:
                 self._totals[name][p] = meta.get(_counter_key(name, p), 0)
         self._corrupt_files = meta.get("corrupt_files", 0)
         created = meta.get("created_at")
         self._counters_since = datetime.fromtimestamp(created, timezone.utc) if created else None
+        saved = max(meta.get("next_seq", 0), highest + 1)
+        reserved = meta.get("seq_reserved", 0)
+        first_open = not self._opened
         with self._lock:
-            self._next_seq = max(self._next_seq, meta.get("next_seq", 0), highest + 1)
+            # After an unclean stop the last run may have sent numbers up to its reservation from
+            # memory: start past them (a reopen within this run knows its own numbers).
+            self._next_seq = max(self._next_seq, saved, reserved if first_open else 0)
+            start = self._next_seq
+        self._opened = True
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            if first_open and reserved > saved:
+                conn.execute(
+                    "INSERT INTO given_up (first, last, class, reason) VALUES (?, ?, NULL, 'skipped')",
+                    (saved, reserved - 1),
+                )
+                log.warning("outbox was not closed cleanly; sequence numbers skipped",
+                            extra={"first": saved, "last": reserved - 1})
+            conn.execute(
+                "INSERT INTO meta (key, value) VALUES ('seq_reserved', ?) "
+                "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (start + SEQ_RESERVE,),
+            )
+            conn.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            raise
+        self._seq_reserved = start + SEQ_RESERVE
 
     def _move_aside(self) -> Path:
         stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
@@ -1380,7 +1628,11 @@ class Outbox:
             # The newest numbers may be in a log we cannot replay here: jump past any of them.
             floor = max(floor or 0, int(self._clock() * 1000))
         with self._lock:
-            self._next_seq = max(self._next_seq, floor)
+            self._next_seq = max(self._next_seq, floor, salvage.meta.get("seq_reserved", 0))
+        # Nothing can be reserved on this disk: held messages go out anyway (a known limit, see
+        # docs/outbox.md), rather than a pole on a read-only card never sending anything.
+        self._seq_reserved = 2**62
+        self._opened = True
         for name in _COUNTERS:
             for p in Priority:
                 self._totals[name][p] = salvage.meta.get(_counter_key(name, p), 0)
@@ -1433,6 +1685,7 @@ class Outbox:
         now = self._clock()
         total = 0
         expired = _zero()
+        given: list[_GivenUp] = []
         conn.execute("BEGIN IMMEDIATE")
         try:
             for p, ttl in self._ttl.items():
@@ -1453,17 +1706,20 @@ class Outbox:
                         break
                     cursor = conn.execute(f"DELETE FROM {table} WHERE seq <= ?", (head[prefix - 1][0],))
                     expired[p] += max(0, cursor.rowcount)
+                    given.extend((seq, p, "expired") for seq, _ in head[:prefix])
                     if prefix < len(head):
                         break
             unsaved = {name: dict(self._unsaved[name]) for name in _COUNTERS}
             for p, n in expired.items():
                 unsaved["expired"][p] += n
             self._save_meta(conn, unsaved)
+            self._ledger_write(conn, given)
             conn.execute("COMMIT")
         except BaseException:
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
             raise
+        self._reports.difference_update(seq for seq, _, _ in given)
         for p, n in expired.items():
             self._counts[p] -= n
             total += n
@@ -1498,6 +1754,16 @@ class Outbox:
         if self._held:
             log.error("outbox closed with messages held in memory only; they are lost",
                       extra={"held": len(self._held)})
+        elif self._conn is not None and self._state == "ok":
+            # A clean close: the next run may start right here, no numbers skipped.
+            with self._lock:
+                nxt = self._next_seq
+            with contextlib.suppress(sqlite3.Error):
+                self._conn.executemany(
+                    "INSERT INTO meta (key, value) VALUES (?, ?) "
+                    "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                    [("next_seq", nxt), ("seq_reserved", nxt)],
+                )
         if self._conn is not None:
             with contextlib.suppress(Exception):
                 self._checkpoint()

@@ -21,7 +21,7 @@ import random
 import ssl
 import time
 from collections import deque
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import aiomqtt
@@ -112,8 +112,10 @@ class Uplink:
         agent_version: str,
         replay_rate: float | None = None,
         inflight: int = INFLIGHT,
+        on_down: Callable[[str, bytes], None] | None = None,
     ) -> None:
         self.config = config
+        self.on_down = on_down
         self.outbox = outbox
         self.device_id = device_id
         self.agent_version = agent_version
@@ -124,6 +126,7 @@ class Uplink:
         self.replayed = 0
         self.reconnects = 0
         self.replaying = False
+        self.subscriptions = 0
         self._wake = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._client: aiomqtt.Client | None = None
@@ -202,14 +205,29 @@ class Uplink:
                         retain=True,
                         timeout=PUBLISH_TIMEOUT_S,
                     )
+                    # On every connect, also when the broker says it kept our session: a broker
+                    # restarted without persistence has forgotten the subscription (and says so
+                    # only through a flag some brokers get wrong), and subscribing again is harmless.
                     await client.subscribe(topics.device_down_filter(self.device_id), qos=1)
+                    self.subscriptions += 1
                     await _first_failure(self._drain(client), self._listen(client))
             except aiomqtt.MqttError as exc:
                 delay = random.uniform(0, delays[min(attempt, len(delays) - 1)])
-                log.warning(
-                    "broker connection lost or refused; retrying",
-                    extra={"error": str(exc), "retry_in_s": round(delay, 2), "attempt": attempt + 1},
-                )
+                tls_problem = _tls_problem(exc) if self.config.tls is not None else None
+                if tls_problem is not None:
+                    log.error(
+                        "TLS handshake with the broker failed; retrying",
+                        extra={"error": tls_problem, "retry_in_s": round(delay, 2), "attempt": attempt + 1,
+                               "ca_file": str(self.config.tls.ca_file) if self.config.tls else None,
+                               "hint": "check mqtt.tls.ca_file (the CA that signed the broker's certificate), "
+                                       "the broker's host name, and the client certificate if the broker "
+                                       "requires one"},
+                    )
+                else:
+                    log.warning(
+                        "broker connection lost or refused; retrying",
+                        extra={"error": str(exc), "retry_in_s": round(delay, 2), "attempt": attempt + 1},
+                    )
                 attempt += 1
                 self.reconnects += 1
             finally:
@@ -221,9 +239,14 @@ class Uplink:
     async def _listen(self, client: aiomqtt.Client) -> None:
         """Read the down branch; the iterator also raises as soon as the link is lost."""
         async for message in client.messages:
-            # Config and commands on the down branch are handled by the uplink issue's downlink;
-            # until then they are logged so an operator can see they reached the box.
-            log.info("down message received", extra={"topic": str(message.topic), "bytes": len(message.payload or b"")})
+            payload = message.payload
+            if isinstance(payload, bytes | bytearray):
+                data = bytes(payload)
+            else:
+                data = b"" if payload is None else str(payload).encode()
+            log.debug("down message received", extra={"topic": message.topic.value, "bytes": len(data)})
+            if self.on_down is not None:
+                self.on_down(message.topic.value, data)
 
     async def _drain(self, client: aiomqtt.Client) -> None:
         """Publish the backlog (paced, alerts first) and live messages (at once) through `inflight`
@@ -272,6 +295,17 @@ class Uplink:
                 retain=True,
                 timeout=3,
             )
+
+
+def _tls_problem(exc: BaseException) -> str | None:
+    """The TLS failure behind a connection error, in words, or None if it was not TLS."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ssl.SSLError):
+            return str(seen)
+        seen = seen.__cause__ or seen.__context__
+    text = str(exc)
+    return text if "SSL" in text or "certificate" in text.lower() else None
 
 
 class _Picker:

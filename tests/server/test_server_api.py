@@ -127,6 +127,7 @@ async def test_stats_health_console_and_openapi(client: httpx.AsyncClient) -> No
     assert set(spec["paths"]) == {
         "/api/devices",
         "/api/devices/{device_id}",
+        "/api/devices/{device_id}/delivery",
         "/api/events",
         "/api/camera-health",
         "/api/ingest/stats",

@@ -22,7 +22,7 @@ def test_migrated_schema_matches_the_models_and_downgrades_cleanly(tmp_path: Pat
     engine = db.make_engine(f"sqlite:///{tmp_path / 'nested' / 'fleet.db'}")
     try:
         db.upgrade(engine)
-        assert db.current_revision(engine) == db.head_revision() == "0002"
+        assert db.current_revision(engine) == db.head_revision() == "0003"
         with engine.connect() as conn:
             diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata)
             assert diff == [], diff
@@ -36,7 +36,7 @@ def test_migrated_schema_matches_the_models_and_downgrades_cleanly(tmp_path: Pat
         db.downgrade(engine, "base")
         assert set(inspect(engine).get_table_names()) == {"alembic_version"}
         db.upgrade(engine)
-        assert db.current_revision(engine) == "0002"
+        assert db.current_revision(engine) == "0003"
     finally:
         engine.dispose()
 
@@ -62,7 +62,7 @@ def test_migrate_command_creates_then_reports_up_to_date(tmp_path: Path) -> None
     runner = CliRunner()
     first = runner.invoke(cli, ["migrate", "--database-url", url])
     assert first.exit_code == 0, first.output
-    assert "migrated from empty to revision 0002" in first.output
+    assert "migrated from empty to revision 0003" in first.output
     again = runner.invoke(cli, ["migrate"], env={"POLEWATCH_DATABASE_URL": url})
     assert again.exit_code == 0, again.output
-    assert "already at revision 0002" in again.output
+    assert "already at revision 0003" in again.output

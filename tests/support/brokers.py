@@ -74,7 +74,18 @@ class BrokerProcess:
         return self.proc is not None and self.proc.poll() is None
 
 
-def mosquitto(workdir: Path) -> BrokerProcess:
+@dataclass(frozen=True)
+class BrokerTls:
+    """A TLS listener: the CA that signs client certificates, the broker's own, and whether one is required."""
+
+    ca_file: Path
+    cert_file: Path
+    key_file: Path
+    require_certificate: bool = False
+
+
+def mosquitto(workdir: Path, *, persistence: bool = True, tls: BrokerTls | None = None) -> BrokerProcess:
+    """Mosquitto with the accounts in USERS; `persistence=False` forgets every session when restarted."""
     binary = require_binary(
         "mosquitto",
         "install Debian's package (apt-get install mosquitto)",
@@ -93,9 +104,15 @@ def mosquitto(workdir: Path) -> BrokerProcess:
         "\n".join(
             [
                 f"listener {port} 127.0.0.1",
+                *(
+                    [f"cafile {tls.ca_file}", f"certfile {tls.cert_file}", f"keyfile {tls.key_file}",
+                     f"require_certificate {'true' if tls.require_certificate else 'false'}"]
+                    if tls is not None
+                    else []
+                ),
                 "allow_anonymous false",
                 f"password_file {password_file}",
-                "persistence true",
+                f"persistence {'true' if persistence else 'false'}",
                 f"persistence_location {workdir}/",
                 "autosave_interval 1",
                 "autosave_on_changes true",

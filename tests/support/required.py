@@ -28,3 +28,14 @@ def require_binary(name: str, hint: str, candidates: tuple[str, ...] = ()) -> st
     if STRICT:
         pytest.fail(message + " (POLEWATCH_REQUIRE_ALL=1: missing parts fail in CI)")
     pytest.skip(message)
+
+
+def require_file(candidates: tuple[str, ...], hint: str) -> str:
+    """The first of `candidates` that exists; skip (fail in CI) with `hint` when none does."""
+    for path in candidates:
+        if os.path.exists(path):
+            return path
+    message = f"none of {', '.join(candidates)} exists: {hint}"
+    if STRICT:
+        pytest.fail(message + " (POLEWATCH_REQUIRE_ALL=1: missing parts fail in CI)")
+    pytest.skip(message)

@@ -41,19 +41,24 @@ def start_server(broker: BrokerProcess, workdir: Path) -> tuple[Child, str, Path
 
 def start_agent(
     broker: BrokerProcess, workdir: Path, device: str = "pole-a", *, fps: float = 5, health_s: float = 2,
-    log_level: str = "INFO",
+    log_level: str = "INFO", port: int | None = None, state_dir: Path | None = None,
+    outbox: dict[str, Any] | None = None,
 ) -> Child:
+    """A real agent process on the sample clip. `port`: reach the broker there instead (a proxy);
+    `state_dir`: default `workdir/state`; `outbox`: the config's outbox section."""
     workdir.mkdir(parents=True, exist_ok=True)
-    config = {
+    config: dict[str, Any] = {
         "device_id": device,
-        "state_dir": str(workdir / "state"),
-        "mqtt": {"host": broker.host, "port": broker.port, "username": device, "password": USERS[device],
+        "state_dir": str(state_dir or workdir / "state"),
+        "mqtt": {"host": broker.host, "port": port or broker.port, "username": device, "password": USERS[device],
                  "keepalive_s": 5, "reconnect_max_s": 2},
         "cameras": [{"id": "cam1", "url": str(sample_clip()), "loop": True}],
         "detect": {"fps": fps},
         "health_interval_s": health_s,
         "log_level": log_level,
     }
+    if outbox is not None:
+        config["outbox"] = outbox
     path = workdir / f"{device}.yaml"
     path.write_text(yaml.safe_dump(config))
     child = Child(device, [*PYTHON, "agent", "run", "--config", str(path)], workdir / f"{device}.log")

@@ -1,0 +1,213 @@
+"""Drive Mosquitto's dynamic-security plugin: create, rotate, revoke and remove accounts.
+
+The plugin takes JSON commands on `$CONTROL/dynamic-security/v1` and answers each, in order, on
+`.../response`, echoing our `correlationData`; the broker applies them at once (a disabled or deleted
+client is disconnected the same moment). Every call here waits for its answer and raises
+`DynsecError` with the plugin's own words when a command fails, so a caller never believes a box was
+revoked when it was not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import ssl
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+import aiomqtt
+
+from . import policy
+
+log = logging.getLogger(__name__)
+
+CONTROL_TOPIC = "$CONTROL/dynamic-security/v1"
+RESPONSE_TOPIC = f"{CONTROL_TOPIC}/response"
+
+
+class DynsecError(RuntimeError):
+    """The broker refused a command (or did not answer); the text is what the plugin said."""
+
+    def __init__(self, command: str, error: str) -> None:
+        super().__init__(f"broker refused {command}: {error}")
+        self.command = command
+        self.error = error
+
+
+@dataclass(frozen=True)
+class BrokerAccount:
+    """An account as the plugin reports it."""
+
+    username: str
+    clientid: str | None
+    disabled: bool
+    roles: tuple[str, ...]
+
+
+class DynsecAdmin:
+    """One admin connection to the broker's security plugin; use as `async with DynsecAdmin(...)`."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        username: str,
+        password: str,
+        tls_context: ssl.SSLContext | None = None,
+        timeout_s: float = 10.0,
+    ) -> None:
+        self._client = aiomqtt.Client(
+            host,
+            port,
+            username=username,
+            password=password,
+            identifier=f"polewatch-dynsec-{uuid.uuid4().hex[:8]}",
+            tls_context=tls_context,
+            timeout=timeout_s,
+        )
+        self._timeout_s = timeout_s
+        self._waiting: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        self._reader: asyncio.Task[None] | None = None
+        self._lock = asyncio.Lock()
+
+    async def __aenter__(self) -> DynsecAdmin:
+        await self._client.__aenter__()
+        await self._client.subscribe(RESPONSE_TOPIC, qos=1)
+        self._reader = asyncio.create_task(self._read())
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+            await asyncio.gather(self._reader, return_exceptions=True)
+        await self._client.__aexit__(exc_type, exc, tb)
+
+    async def _read(self) -> None:
+        async for message in self._client.messages:
+            try:
+                responses = json.loads(bytes(message.payload or b"")).get("responses", [])
+            except (ValueError, AttributeError):
+                log.warning("unreadable dynamic-security response", extra={"payload": str(message.payload)[:200]})
+                continue
+            for response in responses:
+                future = self._waiting.pop(str(response.get("correlationData")), None)
+                if future is not None and not future.done():
+                    future.set_result(response)
+
+    async def execute(self, commands: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Send commands in one message and return their answers; raise on the first refusal."""
+        answers = await self.try_execute(commands)
+        for command, answer in zip(commands, answers, strict=True):
+            if "error" in answer:
+                raise DynsecError(str(command["command"]), str(answer["error"]))
+        return answers
+
+    async def try_execute(self, commands: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Like `execute`, but refusals come back as answers with an `error` key."""
+        loop = asyncio.get_running_loop()
+        tagged, futures = [], []
+        for command in commands:
+            tag = uuid.uuid4().hex
+            future: asyncio.Future[dict[str, Any]] = loop.create_future()
+            self._waiting[tag] = future
+            tagged.append({**command, "correlationData": tag})
+            futures.append(future)
+        async with self._lock:
+            await self._client.publish(CONTROL_TOPIC, json.dumps({"commands": tagged}), qos=1)
+        try:
+            return list(await asyncio.wait_for(asyncio.gather(*futures), self._timeout_s))
+        except asyncio.TimeoutError:
+            names = ", ".join(str(c["command"]) for c in commands)
+            raise DynsecError(
+                names,
+                f"no answer within {self._timeout_s:g} s: is the dynamic-security "
+                "plugin loaded, and is this account its admin?",
+            ) from None
+        finally:
+            for command in tagged:
+                self._waiting.pop(command["correlationData"], None)
+
+    async def ensure_device(self, device_id: str, password: str) -> None:
+        """Create the box's role and account, or bring an existing one to this password, enabled.
+
+        Idempotent, so a technician's re-run or a retried enrolment never fails half-way or makes a
+        second identity: the account is the device id, bound to the client id of the same name.
+        """
+        role = policy.device_role(device_id)
+        answers = await self.try_execute(
+            [{"command": "createRole", "rolename": role, "acls": policy.device_acls(device_id)}]
+        )
+        if "error" in answers[0] and "exists" not in str(answers[0]["error"]).lower():
+            raise DynsecError("createRole", str(answers[0]["error"]))
+        answers = await self.try_execute(
+            [
+                {
+                    "command": "createClient",
+                    "username": device_id,
+                    "password": password,
+                    "clientid": device_id,
+                    "roles": [{"rolename": role}],
+                }
+            ]
+        )
+        if "error" not in answers[0]:
+            return
+        if "exists" not in str(answers[0]["error"]).lower():
+            raise DynsecError("createClient", str(answers[0]["error"]))
+        await self.execute(
+            [
+                {
+                    "command": "modifyClient",
+                    "username": device_id,
+                    "password": password,
+                    "clientid": device_id,
+                    "roles": [{"rolename": role}],
+                },
+                {"command": "enableClient", "username": device_id},
+            ]
+        )
+
+    async def set_password(self, device_id: str, password: str) -> None:
+        """Rotate: the new password works for the next connection; the live one is not cut."""
+        await self.execute([{"command": "setClientPassword", "username": device_id, "password": password}])
+
+    async def revoke(self, device_id: str) -> None:
+        """Disable the account: the broker disconnects the box now and refuses it from now on."""
+        await self.execute([{"command": "disableClient", "username": device_id}])
+
+    async def reinstate(self, device_id: str) -> None:
+        await self.execute([{"command": "enableClient", "username": device_id}])
+
+    async def remove(self, device_id: str) -> None:
+        """Delete account and role (decommissioning); already gone is not an error."""
+        answers = await self.try_execute(
+            [
+                {"command": "deleteClient", "username": device_id},
+                {"command": "deleteRole", "rolename": policy.device_role(device_id)},
+            ]
+        )
+        for command, answer in zip(("deleteClient", "deleteRole"), answers, strict=True):
+            error = str(answer.get("error", ""))
+            if error and "not found" not in error.lower():
+                raise DynsecError(command, error)
+
+    async def account(self, username: str) -> BrokerAccount | None:
+        answer = (await self.try_execute([{"command": "getClient", "username": username}]))[0]
+        if "error" in answer:
+            if "not found" in str(answer["error"]).lower():
+                return None
+            raise DynsecError("getClient", str(answer["error"]))
+        client = answer["data"]["client"]
+        return BrokerAccount(
+            username=client["username"],
+            clientid=client.get("clientid"),
+            disabled=bool(client.get("disabled", False)),
+            roles=tuple(r["rolename"] for r in client.get("roles", [])),
+        )

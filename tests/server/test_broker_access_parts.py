@@ -1,0 +1,104 @@
+"""The pieces of broker access that need no broker: log parsing, the PKI's refusals, the rules."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from polewatch.fleet_server.broker_access import pki
+from polewatch.fleet_server.broker_access.broker_log import BrokerLogReader
+from polewatch.fleet_server.broker_access.mosquitto_files import hash_password
+from polewatch.fleet_server.broker_access.policy import device_may_subscribe
+
+pytestmark = [pytest.mark.server]
+
+
+def test_refused_connection_carries_the_address_of_its_socket() -> None:
+    reader = BrokerLogReader()
+    lines = [
+        ("$SYS/broker/log/N", "1795456438: New connection from 127.0.0.1:51107 on port 18830."),
+        ("$SYS/broker/log/N", "1795456438: Client <unknown> disconnected, not authorised."),
+        ("$SYS/broker/log/N", "1795456439: New connection from 10.0.0.7:40000 on port 8883."),
+        (
+            "$SYS/broker/log/N",
+            "1795456439: New client connected from 10.0.0.7:40000 as pole-1 (p2, c0, k30, u'pole-1').",
+        ),
+        ("$SYS/broker/log/E", "1795456440: Client pole-1 already connected, closing old connection."),
+        ("$SYS/broker/log/M/subscribe", "1795456441: pole-1 1 polewatch/v1/pole-1/down/#"),
+        ("$SYS/broker/log/M/subscribe", "1795456441: pole-1 0 polewatch/v1/pole-2/down/#"),
+        ("$SYS/broker/log/M/subscribe", "1795456441: polewatch-fleet-server-1 1 polewatch/v1/+/up/#"),
+        ("$SYS/broker/log/N", "garbage without a timestamp"),
+    ]
+    events = [e for e in (reader.feed(t, line) for t, line in lines) if e is not None]
+    assert [(e.kind, e.client_id, e.address, e.topic) for e in events] == [
+        ("connect_refused", None, "127.0.0.1:51107", None),
+        ("session_takeover", "pole-1", None, None),
+        ("subscribe_outside_branch", "pole-1", None, "polewatch/v1/pole-2/down/#"),
+    ]
+    assert events[0].at.timestamp() == 1795456438
+
+
+def test_subscription_rule() -> None:
+    assert device_may_subscribe("pole-1", "polewatch/v1/pole-1/down/#")
+    assert device_may_subscribe("pole-1", "polewatch/v1/pole-1/down/config")
+    assert not device_may_subscribe("pole-1", "polewatch/v1/pole-10/down/#")
+    assert not device_may_subscribe("pole-1", "polewatch/#")
+    assert not device_may_subscribe("pole-1", "#")
+
+
+def test_password_hash_is_the_plugins_format() -> None:
+    # PBKDF2-HMAC-SHA512, 64 bytes, base64, 12-byte salt: what mosquitto_ctrl writes. That Mosquitto
+    # accepts it is shown by every test in test_broker_access.py (the accounts log in with it).
+    stored = hash_password("adminpw", salt=bytes(range(12)))
+    assert stored["iterations"] == 101
+    assert stored["salt"] == "AAECAwQFBgcICQoL"
+    assert len(stored["password"]) == 88
+    assert stored != hash_password("adminpw")  # a fresh salt each time
+
+
+def test_device_csr_must_name_the_device() -> None:
+    ca = pki.make_ca()
+    key = pki.new_key()
+    cert = pki.sign_device_csr(ca, pki.device_csr("pole-1", key), "pole-1")
+    assert cert.issuer == ca.certificate.subject
+    with pytest.raises(ValueError, match="names \\['pole-2'\\], not device 'pole-1'"):
+        pki.sign_device_csr(ca, pki.device_csr("pole-2", key), "pole-1")
+
+
+def test_broker_certificate_needs_a_host() -> None:
+    with pytest.raises(ValueError, match="at least one host"):
+        pki.broker_certificate(pki.make_ca(), [])
+
+
+def test_broker_setup_command(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from polewatch.fleet_server.cli import app
+
+    target = tmp_path / "broker"
+    args = [
+        "broker-setup",
+        str(target),
+        "--host",
+        "127.0.0.1",
+        "--host",
+        "mqtt.bontang.example",
+        "--local-port",
+        "11883",
+        "--plugin",
+        "/usr/lib/mosquitto_dynamic_security.so",
+    ]
+    first = CliRunner().invoke(app, args)
+    assert first.exit_code == 0, first.output
+    assert f"mosquitto -c {target / 'mosquitto.conf'}" in first.output
+    conf = (target / "mosquitto.conf").read_text()
+    assert "allow_anonymous false" in conf and "listener 11883 127.0.0.1" in conf and "listener 8883 0.0.0.0" in conf
+    env = (target / "fleet-server.env").read_text()
+    second = CliRunner().invoke(app, args)
+    assert second.exit_code == 0 and (target / "fleet-server.env").read_text() == env
+
+    (target / "fleet-server.env").unlink()
+    refused = CliRunner().invoke(app, args)
+    assert refused.exit_code == 2
+    assert "fleet-server.env is missing" in refused.output

@@ -1,0 +1,61 @@
+"""Mosquitto set up the way production is: TLS, dynamic security, the log on a topic.
+
+The files come from the project's own `broker_setup` (what `polewatch server broker-setup` writes), so
+the tests exercise the configuration a city would run, not a test-only one.
+"""
+
+from __future__ import annotations
+
+import ssl
+from dataclasses import dataclass
+from pathlib import Path
+
+from polewatch.fleet_server.broker_access.mosquitto_files import PLUGIN_CANDIDATES
+from polewatch.fleet_server.broker_access.setup import BrokerFiles, broker_setup
+
+from .brokers import BrokerProcess
+from .ports import free_port, wait_for_port
+from .required import require_binary, require_file
+
+
+@dataclass
+class SecureBroker:
+    process: BrokerProcess
+    files: BrokerFiles
+
+    @property
+    def tls_port(self) -> int:
+        return self.files.tls_port
+
+    @property
+    def local_port(self) -> int:
+        assert self.files.local_port is not None
+        return self.files.local_port
+
+    def tls_context(self) -> ssl.SSLContext:
+        return ssl.create_default_context(cafile=str(self.files.ca_file))
+
+    def stop(self) -> None:
+        self.process.stop()
+
+
+def start_secure_mosquitto(workdir: Path, *, require_certificate: bool = False) -> SecureBroker:
+    binary = require_binary(
+        "mosquitto", "install Debian's package (apt-get install mosquitto)", candidates=("/usr/sbin/mosquitto",)
+    )
+    plugin = require_file(PLUGIN_CANDIDATES, "Mosquitto's dynamic-security plugin comes with mosquitto >= 2.0")
+    files = broker_setup(
+        workdir,
+        hosts=["127.0.0.1", "localhost"],
+        tls_port=free_port(),
+        local_port=free_port(),
+        require_certificate=require_certificate,
+        plugin=Path(plugin),
+    )
+    process = BrokerProcess(
+        kind="mosquitto", workdir=workdir, port=files.tls_port, command=[binary, "-c", str(files.conf)]
+    )
+    process.start()
+    assert files.local_port is not None
+    wait_for_port(files.local_port, timeout=20)
+    return SecureBroker(process, files)
