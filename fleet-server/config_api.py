@@ -39,8 +39,10 @@ log = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/api", responses={**ERRORS, **DENIED})
 GROUP_PATTERN = CAMERA_ID_PATTERN
-REFUSED: dict[int | str, dict[str, Any]] = {422: {"model": ErrorOut, "description": "The document (or a device's merged result) is invalid: "
-                 "`detail` names the device and the field."}}  # fmt: skip
+REFUSED: dict[int | str, dict[str, Any]] = {
+    422: {"model": ErrorOut, "description": "The document (or a device's merged result) is invalid: `detail` "
+          "names the device and the field."}
+}  # fmt: skip
 
 
 # --- schemas -------------------------------------------------------------------------------------
