@@ -17,6 +17,7 @@ import anyio.from_thread
 from fastapi import APIRouter, HTTPException, Path, Query, Request
 from pydantic import BaseModel, Field, ValidationError
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 
 from polewatch.protocol import COMMAND_ARGS, Command, build, encode, new_message_id, topics
 from polewatch.protocol.settings import CAMERA_ID_PATTERN
@@ -40,6 +41,7 @@ log = logging.getLogger(__name__)
 router = APIRouter(prefix="/api", responses={**ERRORS, **DENIED})
 GROUP_PATTERN = CAMERA_ID_PATTERN
 REFUSED: dict[int | str, dict[str, Any]] = {
+    409: {"model": ErrorOut, "description": "Another change to the same layer was made at the same time."},
     422: {"model": ErrorOut, "description": "The document (or a device's merged result) is invalid: `detail` "
           "names the device and the field."}
 }  # fmt: skip
@@ -236,6 +238,12 @@ def _apply(svc: Services, request: Request, proposal: Proposal, **kw: Any) -> Ap
             ids = [row.device_id for row in applied.devices]
     except ConfigInvalid as exc:
         raise _refused(exc) from None
+    except IntegrityError:
+        # Two changes to one layer at once (two operators, two replicas): the second's version
+        # number is taken. Nothing of it was stored; it must be previewed again over the first.
+        raise HTTPException(
+            status_code=409, detail="another change to this layer was made at the same time: preview again and retry"
+        ) from None
     rows = _publish_configs(svc, ids) if ids else []
     return ApplyOut(layer=layer, devices=[_status(svc, row) for row in rows])
 

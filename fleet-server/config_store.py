@@ -42,20 +42,21 @@ def config_report(session: Session, msg: ConfigReportMessage, received_at: datet
         state = DeviceConfig(device_id=msg.device_id, desired_version=0, document={}, computed_at=received_at,
                              down_seq=0)  # fmt: skip
         session.add(state)
-    if state.report_sent_at is not None and msg.sent_at < state.report_sent_at:
-        return True  # an older report arriving late: kept as history, not as the current state
-    applied = body.applied_version
-    if applied is None and body.status == "applied":
-        applied = body.version
-    state.applied_version = applied
-    state.report_version = body.version
-    state.report_status = body.status
-    state.report_sent_at = msg.sent_at
-    if body.status == "refused":
+    if body.status == "refused" and (state.refusal_at is None or msg.sent_at >= state.refusal_at):
+        # The last refusal stays on show even after a later success: "why was version 7 refused".
         state.refusal_version = body.version
         state.refusal_reason = _clip(body.reason, 2000)
         state.refusal_field = _clip(body.field, 200)
         state.refusal_at = msg.sent_at
+    if state.report_sent_at is None or msg.sent_at >= state.report_sent_at:
+        # An older report arriving late is history, not the current state.
+        applied = body.applied_version
+        if applied is None and body.status == "applied":
+            applied = body.version
+        state.applied_version = applied
+        state.report_version = body.version
+        state.report_status = body.status
+        state.report_sent_at = msg.sent_at
     session.flush()
     return True
 

@@ -169,6 +169,15 @@ async def test_groups_take_their_layer_and_only_their_members_change(
         assert (await retained_config(mosquitto_broker, "pole-b"))["body"] == {"version": 2, "config": {}}
         members = (await api.get("/api/config/members", headers=ops, params={"group": "south"})).json()
         assert [m["device_id"] for m in members["items"]] == ["pole-b", "pole-c"]
+        page1 = (await api.get("/api/config/members", headers=ops, params={"limit": 2})).json()
+        page2 = (await api.get("/api/config/members", headers=ops, params={"limit": 2, "cursor": page1["next"]})).json()
+        assert [m["device_id"] for m in page1["items"] + page2["items"]] == ["pole-a", "pole-b", "pole-c"]
+        assert page2["next"] is None
+        history = (await api.get("/api/config/layers", headers=ops, params={"limit": 1})).json()
+        assert [(h["scope"], h["target"], h["version"]) for h in history["items"]] == [("group", "north", 1)]
+        assert history["next"] is None
+        cursor = await api.get("/api/config/layers", headers=ops, params={"cursor": "x"})
+        assert cursor.status_code == 422
         bad_group = await api.put("/api/config/members/pole-a", headers=ops, json={"group": "no/slash"})
         assert bad_group.status_code == 422
 
