@@ -18,6 +18,7 @@ from fastapi import APIRouter, HTTPException, Path, Query, Request
 from pydantic import BaseModel, Field, ValidationError
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from polewatch.protocol import COMMAND_ARGS, Command, build, encode, new_message_id, topics
 from polewatch.protocol.settings import CAMERA_ID_PATTERN
@@ -180,10 +181,14 @@ def _refused(exc: ConfigInvalid) -> HTTPException:
     return HTTPException(status_code=422, detail=f"refused, nothing changed: {exc}")
 
 
-def _status(svc: Services, row: DeviceConfig, *, with_document: bool = False) -> DeviceConfigOut:
+def _statuses(svc: Services, rows: list[DeviceConfig], *, with_document: bool = False) -> list[DeviceConfigOut]:
     with svc.sessions() as session:
-        group = svc_config.group_of(session, row.device_id)
-        health_version, health_at = svc_config.health_config_version(session, row.device_id)
+        return [_status(session, row, with_document=with_document) for row in rows]
+
+
+def _status(session: Session, row: DeviceConfig, *, with_document: bool = False) -> DeviceConfigOut:
+    group = svc_config.group_of(session, row.device_id)
+    health_version, health_at = svc_config.health_config_version(session, row.device_id)
     applied = row.applied_version
     if health_at is not None and (row.report_sent_at is None or health_at > row.report_sent_at):
         applied = health_version
@@ -245,7 +250,7 @@ def _apply(svc: Services, request: Request, proposal: Proposal, **kw: Any) -> Ap
             status_code=409, detail="another change to this layer was made at the same time: preview again and retry"
         ) from None
     rows = _publish_configs(svc, ids) if ids else []
-    return ApplyOut(layer=layer, devices=[_status(svc, row) for row in rows])
+    return ApplyOut(layer=layer, devices=_statuses(svc, rows))
 
 
 # --- configuration routes ------------------------------------------------------------------------
@@ -373,7 +378,7 @@ def list_device_configs(
         q = q.where(DeviceConfig.device_id > cursor)
     with svc.sessions() as session:
         rows, more = split(list(session.scalars(q)), limit)
-    return Page[DeviceConfigOut](items=[_status(svc, r) for r in rows], next=rows[-1].device_id if more else None)
+    return Page[DeviceConfigOut](items=_statuses(svc, rows), next=rows[-1].device_id if more else None)
 
 
 @router.get(
@@ -386,7 +391,7 @@ def get_device_config(device_id: Annotated[str, Path(pattern=DEVICE_ID_PATTERN)]
         row = session.get(DeviceConfig, device_id)
     if row is None:
         raise HTTPException(status_code=404, detail=f"no configuration for device {device_id!r}")
-    return _status(svc, row, with_document=True)
+    return _statuses(svc, [row], with_document=True)[0]
 
 
 @router.post(
@@ -394,7 +399,7 @@ def get_device_config(device_id: Annotated[str, Path(pattern=DEVICE_ID_PATTERN)]
     summary="Publish again every desired document not on the broker yet (after a broker outage)",
 )  # fmt: skip
 def publish_pending(svc: ServicesDep) -> list[DeviceConfigOut]:
-    return [_status(svc, row) for row in _publish_configs(svc, None)]
+    return _statuses(svc, _publish_configs(svc, None))
 
 
 # --- commands ------------------------------------------------------------------------------------
