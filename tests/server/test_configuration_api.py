@@ -15,8 +15,9 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from polewatch.fleet_server import create_app
-from polewatch.fleet_server.db import make_engine
+from polewatch.fleet_server import configuration_service, create_app
+from polewatch.fleet_server.audit import Actor
+from polewatch.fleet_server.db import make_engine, make_sessionmaker
 from polewatch.fleet_server.models import AuditEntry, ConfigLayer, DeviceConfig
 from polewatch.protocol import CommandAck, CommandMessage, ConfigReport, build, decode, topics
 from polewatch.protocol.messages import DOWN_KINDS
@@ -236,3 +237,35 @@ async def test_commands_are_validated_sent_and_acked(mosquitto_broker: BrokerPro
         done = await wait_for(acked, what="the ack stored")
         assert done["result"] == {"level": "DEBUG", "previous": "INFO"} and done["acked_at"]
     assert ("command.send", "pole-a") in [(a, t) for _, a, t in audit_actions(database)]
+
+
+async def test_two_changes_to_one_layer_at_once_the_second_is_refused_whole(database: str) -> None:
+    if not database.startswith("postgresql"):
+        pytest.skip("needs PostgreSQL's row locks to hold the second change at its insert (SQLite: one writer)")
+    ops = bearer(add_token(database, "ops"))
+    engine = make_engine(database)
+    sessions = make_sessionmaker(engine)
+    try:
+        async with server(None, database) as api:
+            with sessions.begin() as first:  # the first change, not committed yet
+                configuration_service.apply(first, Actor("test:first"), configuration_service.Proposal(
+                    "fleet", "", {"log_level": "DEBUG"}))  # fmt: skip
+                second = asyncio.create_task(api.post("/api/config/layers", headers=ops, json={
+                    "scope": "fleet", "document": {"log_level": "ERROR"}}))  # fmt: skip
+
+                def waiting_on_lock() -> bool:
+                    with engine.connect() as conn:
+                        n = conn.execute(sa.text(
+                            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                            "AND query LIKE 'INSERT INTO config_layers%'")).scalar()  # fmt: skip
+                    return bool(n)
+
+                await wait_for(lambda: asyncio.to_thread(waiting_on_lock), what="the second change waiting")
+            response = await second
+        assert response.status_code == 409 and "preview again" in response.json()["detail"]
+        with sessions() as s:
+            rows = s.execute(sa.select(ConfigLayer.version, ConfigLayer.document)).all()
+            assert [(v, d) for v, d in rows] == [(1, {"log_level": "DEBUG"})]
+            assert [a for _, a, _ in audit_actions(database) if a.startswith("config.")] == ["config.change"]
+    finally:
+        engine.dispose()
