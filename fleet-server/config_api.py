@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 from datetime import datetime, timedelta, timezone
 from typing import Annotated, Any, Literal
 
@@ -210,8 +211,18 @@ def _status(session: Session, row: DeviceConfig, *, with_document: bool = False)
     )  # fmt: skip
 
 
+# One publisher at a time in this process: two changes published at once could otherwise leave the
+# older document retained on the broker after the newer one (each reads, then publishes).
+_PUBLISHING = threading.Lock()
+
+
 def _publish_configs(svc: Services, device_ids: list[str] | None) -> list[DeviceConfig]:
     """Publish the desired documents not yet on the broker; returns the rows as they end up."""
+    with _PUBLISHING:
+        return _publish_configs_now(svc, device_ids)
+
+
+def _publish_configs_now(svc: Services, device_ids: list[str] | None) -> list[DeviceConfig]:
     with svc.sessions.begin() as session:
         rows = svc_config.unpublished(session, device_ids)
         outgoing = [svc_config.config_message(session, row) for row in rows]

@@ -61,7 +61,25 @@ def test_a_document_is_applied_and_a_refused_one_shows_its_reason(
         assert refused["desired_version"] == 2 and refused["applied_version"] == 1
         assert refused["refusal_field"] == "cameras.0.rules.0.labels"
         assert "dog is not in detect.labels" in refused["refusal_reason"]
-        print(f"config e2e: applied v1, refused v2 with {refused['refusal_reason']!r}")
+
+        # Commands reach the running agent and their acks come back.
+        commands = f"{base}/api/devices/pole-a/commands"
+        level = _post(commands, ops, {"name": "set_log_level", "args": {"level": "DEBUG"}})
+        restart = _post(commands, ops, {"name": "restart_camera", "args": {"camera_id": "cam1"}})
+        assert level["status"] == restart["status"] == "sent"
+
+        def acks() -> dict[str, Any] | None:
+            items = (http_json(commands, viewer) or {}).get("items", [])
+            done = {c["name"]: c for c in items if c["status"] != "sent"}
+            return done if len(done) == 2 else None
+
+        outcome = wait_until(acks, 60, "both commands acked", [server, agent])
+        assert outcome["set_log_level"]["status"] == "done"
+        assert outcome["set_log_level"]["result"]["level"] == "DEBUG"
+        assert outcome["restart_camera"]["status"] == "done"
+        assert outcome["restart_camera"]["result"]["camera_id"] == "cam1"
+        print(f"config e2e: applied v1, refused v2 with {refused['refusal_reason']!r}; commands "
+              f"{ {name: c['result'] for name, c in outcome.items()} }")
     finally:
         agent.stop()
         server.stop()
