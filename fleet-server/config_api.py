@@ -267,15 +267,10 @@ def _apply(svc: Services, request: Request, proposal: Proposal, **kw: Any) -> Ap
 # --- configuration routes ------------------------------------------------------------------------
 
 
-@router.post(
-    "/config/preview", tags=["configuration"], dependencies=rule(Permission.CONFIG_WRITE), responses=REFUSED,
-    summary="What a change of a layer would do: which devices change, and the diff of each",
-)  # fmt: skip
-def preview(body: ChangeIn, svc: ServicesDep) -> PreviewOut:
-    target = _target(body.scope, body.target)
+def _preview(svc: Services, proposal: Proposal) -> PreviewOut:
     with svc.sessions() as session:
         try:
-            plans = svc_config.plan(session, Proposal(body.scope, target, body.document))
+            plans = svc_config.plan(session, proposal)
         except ConfigInvalid as exc:
             raise _refused(exc) from None
     for p in plans:
@@ -287,6 +282,24 @@ def preview(body: ChangeIn, svc: ServicesDep) -> PreviewOut:
         for p in plans if p.changed
     ]  # fmt: skip
     return PreviewOut(devices=changed, unchanged=len(plans) - len(changed))
+
+
+@router.post(
+    "/config/preview", tags=["configuration"], dependencies=rule(Permission.CONFIG_WRITE), responses=REFUSED,
+    summary="What a change of a layer would do: which devices change, and the diff of each",
+)  # fmt: skip
+def preview(body: ChangeIn, svc: ServicesDep) -> PreviewOut:
+    return _preview(svc, Proposal(body.scope, _target(body.scope, body.target), body.document))
+
+
+@router.post(
+    "/config/members/{device_id}/preview", tags=["configuration"], dependencies=rule(Permission.CONFIG_WRITE),
+    responses=REFUSED, summary="What moving a device to a group (or out of one) would change in its document",
+)  # fmt: skip
+def preview_member(
+    device_id: Annotated[str, Path(pattern=DEVICE_ID_PATTERN)], body: MemberIn, svc: ServicesDep
+) -> PreviewOut:
+    return _preview(svc, Proposal(member=(device_id, body.group)))
 
 
 @router.post(

@@ -164,6 +164,9 @@ async def test_groups_take_their_layer_and_only_their_members_change(
             "scope": "group", "target": "north", "document": {"log_level": "DEBUG"}})  # fmt: skip
         assert sorted(d["device_id"] for d in north.json()["devices"]) == ["pole-a", "pole-b"]
         # pole-b moves to south: its document loses the north layer (a new version, {}: back to its file)
+        previewed = await api.post("/api/config/members/pole-b/preview", headers=ops, json={"group": "south"})
+        assert previewed.json() == {"devices": [{"device_id": "pole-b", "desired_version": 1, "changes": [
+            {"path": "log_level", "before": "DEBUG", "after": None}]}], "unchanged": 0}  # fmt: skip
         moved = await api.put("/api/config/members/pole-b", headers=ops, json={"group": "south"})
         assert [(d["device_id"], d["desired_version"], d["group"]) for d in moved.json()["devices"]] == [
             ("pole-b", 2, "south")]
