@@ -21,6 +21,7 @@ from polewatch.fleet_server.db import make_engine, make_sessionmaker
 from polewatch.fleet_server.models import AuditEntry, ConfigLayer, DeviceConfig
 from polewatch.protocol import CommandAck, CommandMessage, ConfigReport, build, decode, topics
 from polewatch.protocol.messages import DOWN_KINDS
+from support import postgres
 from support.brokers import USERS, BrokerProcess
 from support.server import add_token, bearer, pole, settings_for, wait_for
 
@@ -242,9 +243,13 @@ async def test_commands_are_validated_sent_and_acked(mosquitto_broker: BrokerPro
     assert ("command.send", "pole-a") in [(a, t) for _, a, t in audit_actions(database)]
 
 
-async def test_two_changes_to_one_layer_at_once_the_second_is_refused_whole(database: str) -> None:
-    if not database.startswith("postgresql"):
-        pytest.skip("needs PostgreSQL's row locks to hold the second change at its insert (SQLite: one writer)")
+@pytest.mark.postgres
+async def test_two_changes_to_one_layer_at_once_the_second_is_refused_whole(
+    postgres_server: postgres.PostgresServer,
+) -> None:
+    # PostgreSQL only: its row locks hold the second change at its insert, where the test can see it
+    # waiting; SQLite has one writer at a time and nothing to observe.
+    database = postgres_server.create_database()
     ops = bearer(add_token(database, "ops"))
     engine = make_engine(database)
     sessions = make_sessionmaker(engine)
@@ -272,3 +277,4 @@ async def test_two_changes_to_one_layer_at_once_the_second_is_refused_whole(data
             assert [a for _, a, _ in audit_actions(database) if a.startswith("config.")] == ["config.change"]
     finally:
         engine.dispose()
+        postgres_server.drop_database(database)
