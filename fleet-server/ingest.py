@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 BATCH_MAX = 200
 # Kinds stored as rows. Other v1 kinds (rule_event) are rejected as unknown_kind, but their sequence
 # numbers are still noted as received, so they never show as gaps in the delivery accounting.
-STORED_KINDS: tuple[str, ...] = (*CORE_KINDS, "given_up")
+STORED_KINDS: tuple[str, ...] = (*CORE_KINDS, "given_up", "config_report", "command_ack")
 STORE_RETRY_MAX_S = 10.0
 
 

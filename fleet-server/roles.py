@@ -25,6 +25,8 @@ class Permission(str, Enum):
     USERS_MANAGE = "users:manage"  # people: create, change role or sites, disable
     TOKENS_MANAGE = "tokens:manage"  # machines' API tokens: create, revoke
     AUDIT_READ = "audit:read"
+    CONFIG_WRITE = "config:write"  # configuration documents, groups, rollback, publish
+    COMMANDS_SEND = "commands:send"  # restart a camera, take a snapshot, set the log level
     SELF = "self"  # one's own session: who am I, sign out
 
 
@@ -32,7 +34,7 @@ _EVERYONE = frozenset({Permission.FLEET_READ, Permission.SELF})
 
 GRANTS: dict[Role, frozenset[Permission]] = {
     "admin": frozenset(Permission),
-    "ops": _EVERYONE | {Permission.INGEST_READ},
+    "ops": _EVERYONE | {Permission.INGEST_READ, Permission.CONFIG_WRITE, Permission.COMMANDS_SEND},
     "technician": _EVERYONE,
     "operator": _EVERYONE,
     "viewer": _EVERYONE,
