@@ -135,15 +135,35 @@ def redaction_for(camera: CameraConfig, width: int, height: int) -> Redaction:
     )
 
 
-def snapshot_body(camera: CameraConfig, event_id: str, phase: Phase, label: str, picture: Picture) -> Snapshot:
-    """Redact and encode an event's picture: the one way a frame's pixels become a message."""
+# What a snapshot message adds around its JPEG: base64 (4/3) and the envelope with the event's fields.
+SNAPSHOT_OVERHEAD_BYTES = 2048
+
+
+def snapshot_jpeg_budget(max_message: int) -> int:
+    """The largest JPEG whose snapshot message the outbox still takes (a small outbox cap takes small
+    messages: a picture must shrink to fit rather than be refused)."""
+    return max(1024, (max_message - SNAPSHOT_OVERHEAD_BYTES) * 3 // 4)
+
+
+def snapshot_body(
+    camera: CameraConfig,
+    event_id: str,
+    phase: Phase,
+    label: str,
+    picture: Picture,
+    max_bytes: int | None = None,
+) -> Snapshot:
+    """Redact and encode an event's picture: the one way a frame's pixels become a message.
+
+    `max_bytes` lowers the camera's own JPEG cap (`snapshots.max_bytes`) to what the outbox takes.
+    """
     height, width = picture.image.shape[:2]
     settings = camera.snapshots
     data, jpeg_width, jpeg_height, done = snapshot_jpeg(
         picture.image,
         picture.detections,
         redaction_for(camera, width, height),
-        max_bytes=settings.max_bytes,
+        max_bytes=settings.max_bytes if max_bytes is None else min(settings.max_bytes, max_bytes),
         max_width=settings.max_width,
         quality=settings.quality,
     )
@@ -247,6 +267,7 @@ class Agent:
         self.cameras: dict[str, CameraWorker] = {cam.id: CameraWorker(cam, self.detector) for cam in config.cameras}
         self.downlink = Downlink(config.device_id, self.local_config, self, self.outbox, store=self.remote)
         self.snapshots_accepted = 0
+        self.snapshots_dropped = 0
         self.uplink = Uplink(
             config.mqtt,
             self.outbox,
@@ -569,13 +590,27 @@ class Agent:
                     # Redaction and JPEG encoding cost ~5-10 ms: off the event loop.
                     bodies.append(
                         await asyncio.to_thread(
-                            snapshot_body, camera, track.id, message.phase, track.label, message.picture
+                            snapshot_body, camera, track.id, message.phase, track.label, message.picture,
+                            snapshot_jpeg_budget(self.outbox.limits.max_message),
                         )
                     )
                 except Exception:  # a picture that cannot be made must not cost the event itself
                     log.exception("snapshot failed", extra={"camera": source.camera_id, "event_id": track.id})
         # One call, one commit for everything this frame produced.
-        for accepted, body in zip(await self.outbox.put_many(bodies), bodies, strict=True):
+        try:
+            accepted_all = await self.outbox.put_many(bodies)
+        except OutboxError as exc:
+            # A picture the outbox will not take (larger than its per-message limit) must never cost the
+            # detections beside it, nor the agent: send those alone, and say what was dropped.
+            pictures = [b for b in bodies if isinstance(b, Snapshot)]
+            if not pictures:
+                raise
+            self.snapshots_dropped += len(pictures)
+            log.warning("snapshots not queued; their detections are", extra={"camera": source.camera_id,
+                                                                              "error": str(exc)})
+            bodies = [b for b in bodies if not isinstance(b, Snapshot)]
+            accepted_all = await self.outbox.put_many(bodies) if bodies else []
+        for accepted, body in zip(accepted_all, bodies, strict=True):
             if isinstance(body, Snapshot):
                 self.snapshots_accepted += 1
                 log.debug("snapshot accepted", extra={"message_id": accepted.id, "event_id": body.event_id,

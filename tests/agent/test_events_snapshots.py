@@ -247,3 +247,38 @@ async def test_masked_pixels_are_black_in_every_snapshot_that_leaves_the_box(tmp
         assert inside.max() <= 12, inside.max()
         outside = image[288 + 8 :, :]
         assert outside.std() > 20  # the rest is the street, not a black picture
+
+
+async def test_snapshots_shrink_to_what_a_small_outbox_takes(tmp_path: Path) -> None:
+    """The smallest outbox cap (256 KiB) takes messages of at most 36 KiB: a camera allowed 60 kB
+    pictures must have them shrunk to fit, never refused and never taking the agent down with them
+    (found by the chaos test of a full outbox during an outage)."""
+    config = parse_config(
+        {
+            "device_id": "pole-18",
+            "state_dir": str(tmp_path / "state"),
+            "mqtt": {"host": "127.0.0.1", "port": free_port(), "reconnect_max_s": 1},
+            "cameras": [{"id": "cam1", "url": str(SAMPLE_CLIP), "loop": True, "snapshots": {"max_bytes": 60_000}}],
+            "detect": {"fps": 5, "update_every_s": 1.0},
+            "outbox": {"max_bytes": 256 * 1024},
+        }
+    )
+    agent = Agent(config)
+    limit = agent.outbox.limits.max_message
+    assert limit < 60_000 * 4 // 3  # the camera's own cap would not fit: this test means something
+    stop = asyncio.Event()
+    task = asyncio.create_task(agent.run(stop))
+    try:
+        for _ in range(600):
+            if agent.snapshots_accepted >= 3 or task.done():
+                break
+            await asyncio.sleep(0.1)
+        pending = agent.outbox.peek(5000)
+    finally:
+        stop.set()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait_for(task, 15)
+    assert not task.done() or task.exception() is None
+    assert agent.snapshots_accepted >= 3 and agent.snapshots_dropped == 0
+    shots = [p for p in pending if p.topic.endswith("/up/snapshot")]
+    assert shots and all(len(p.payload) <= limit for p in shots)
