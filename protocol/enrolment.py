@@ -106,8 +106,12 @@ class EnrolmentGrant(_Strict):
     box_fingerprint: str = Field(description="SHA-256 of the box's public key: its identity across re-runs.")
     broker: BrokerGrant
     server_url: str = Field(description="Where the box reports over HTTP (later enrolment steps, updates).")
-    config: dict[str, Any] | None = Field(default=None, description="The remote config document, if the code had a preset.")
-    reissued: bool = Field(default=False, description="True when this box had enrolled before: same identity, new password.")
+    config: dict[str, Any] | None = Field(
+        default=None, description="The remote config document, if the code had a preset."
+    )
+    reissued: bool = Field(
+        default=False, description="True when this box had enrolled before: same identity, new password."
+    )
     enrolled_at: AwareDatetime
 
 

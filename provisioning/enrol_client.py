@@ -38,8 +38,9 @@ class ServerUnreachableError(RuntimeError):
     """No answer from the server (no link, DNS, TLS): the enrolment can complete later."""
 
 
-def enrol(server_url: str, request: EnrolmentRequest, *, timeout_s: float = 20.0, attempts: int = 3,
-          verify: bool | str = True) -> EnrolmentGrant:
+def enrol(
+    server_url: str, request: EnrolmentRequest, *, timeout_s: float = 20.0, attempts: int = 3, verify: bool | str = True
+) -> EnrolmentGrant:
     """POST the request; retry transport failures a few times with a pause (a flaky 3G link)."""
     url = server_url.rstrip("/") + ENROL_PATH
     last_error: Exception | None = None
@@ -47,8 +48,13 @@ def enrol(server_url: str, request: EnrolmentRequest, *, timeout_s: float = 20.0
         if attempt:
             time.sleep(min(2.0 * attempt, 10.0))
         try:
-            response = httpx.post(url, content=request.model_dump_json(), timeout=timeout_s, verify=verify,
-                                  headers={"content-type": "application/json"})
+            response = httpx.post(
+                url,
+                content=request.model_dump_json(),
+                timeout=timeout_s,
+                verify=verify,
+                headers={"content-type": "application/json"},
+            )
         except httpx.TransportError as exc:
             last_error = exc
             continue
@@ -59,12 +65,14 @@ def enrol(server_url: str, request: EnrolmentRequest, *, timeout_s: float = 20.0
             try:
                 refused = EnrolmentRefused.model_validate_json(response.content)
             except ValidationError:
-                raise EnrolmentRefusedError("invalid", f"the server refused the enrolment ({response.status_code}: "
-                                            f"{response.text[:200]})") from None
+                raise EnrolmentRefusedError(
+                    "invalid", f"the server refused the enrolment ({response.status_code}: {response.text[:200]})"
+                ) from None
             raise EnrolmentRefusedError(refused.reason, refused.detail)
         try:
             return EnrolmentGrant.model_validate_json(response.content)
         except ValidationError as exc:
             raise RuntimeError(f"the server's answer is not an enrolment grant: {exc}") from exc
-    raise ServerUnreachableError(f"cannot reach {url} ({last_error}); the box keeps the request and enrols when "
-                                 "the link is up")
+    raise ServerUnreachableError(
+        f"cannot reach {url} ({last_error}); the box keeps the request and enrols when the link is up"
+    )

@@ -46,7 +46,9 @@ def load_or_create_key(state_dir: Path) -> tuple[ec.EllipticCurvePrivateKey, boo
     path.parent.mkdir(parents=True, exist_ok=True)
     path.parent.chmod(0o700)
     key = ec.generate_private_key(ec.SECP256R1())
-    data = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    data = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
     # O_EXCL: two runs racing never both write a key; the loser reads the winner's.
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
