@@ -26,14 +26,16 @@ class Permission(str, Enum):
     TOKENS_MANAGE = "tokens:manage"  # machines' API tokens: create, revoke
     AUDIT_READ = "audit:read"
     SELF = "self"  # one's own session: who am I, sign out
+    REGISTRY_MANAGE = "registry:manage"  # sites, poles, devices, groups, tags; revoke and replace boxes
+    ENROLMENT_MANAGE = "enrolment:manage"  # enrolment codes for poles (technicians: on their own sites)
 
 
 _EVERYONE = frozenset({Permission.FLEET_READ, Permission.SELF})
 
 GRANTS: dict[Role, frozenset[Permission]] = {
     "admin": frozenset(Permission),
-    "ops": _EVERYONE | {Permission.INGEST_READ},
-    "technician": _EVERYONE,
+    "ops": _EVERYONE | {Permission.INGEST_READ, Permission.REGISTRY_MANAGE, Permission.ENROLMENT_MANAGE},
+    "technician": _EVERYONE | {Permission.ENROLMENT_MANAGE},
     "operator": _EVERYONE,
     "viewer": _EVERYONE,
 }

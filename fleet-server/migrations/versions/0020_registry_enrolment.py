@@ -110,9 +110,10 @@ def upgrade() -> None:
             ["group_id"], ["device_groups.group_id"], name=op.f("fk_device_group_members_group_id_device_groups")
         ),
         sa.ForeignKeyConstraint(
-            ["device_id"], ["registry_devices.device_id"],
+            ["device_id"],
+            ["registry_devices.device_id"],
             name=op.f("fk_device_group_members_device_id_registry_devices"),
-        ),  # fmt: skip
+        ),
         sa.PrimaryKeyConstraint("group_id", "device_id", name=op.f("pk_device_group_members")),
     )
     op.create_index("ix_device_group_members_device_id", "device_group_members", ["device_id"])
