@@ -13,7 +13,7 @@ import sqlalchemy as sa
 
 from polewatch.fleet_server import create_app
 from polewatch.fleet_server.db import make_engine, make_sessionmaker
-from polewatch.fleet_server.models import AuditEntry, CameraHealthEvent, Device, PoleHistoryEntry
+from polewatch.fleet_server.models import AuditEntry, CameraHealthEvent, Device
 from support.server import add_token, bearer, settings_for
 
 
@@ -58,8 +58,10 @@ def audit_actions(database: str) -> list[str]:
 async def test_sites_poles_and_devices_with_moves_replacements_and_history(database: str) -> None:
     async with client_as(database) as client:
         await seed(client)
-        body = {"device_id": "box-a", "pole_id": "bts-001", "hardware": "Raspberry Pi 5", "agent_version": "0.4.0",
-                "model_version": "yolo-n-2026.10", "cameras": ["cam1", "cam2"], "tags": ["night-ir", "pilot"]}  # fmt: skip
+        body = {
+            "device_id": "box-a", "pole_id": "bts-001", "hardware": "Raspberry Pi 5", "agent_version": "0.4.0",
+            "model_version": "yolo-n-2026.10", "cameras": ["cam1", "cam2"], "tags": ["night-ir", "pilot"],
+        }  # fmt: skip
         created = await client.post("/api/registry/devices", json=body)
         assert created.status_code == 201, created.text
         device = created.json()
@@ -111,7 +113,8 @@ async def test_groups_and_membership(database: str) -> None:
         await seed(client)
         for n in (1, 2):
             await client.post("/api/registry/devices", json={"device_id": f"box-{n}", "pole_id": f"bts-00{n}"})
-        assert (await client.post("/api/groups", json={"group_id": "riverside", "name": "Riverside"})).status_code == 201
+        group = {"group_id": "riverside", "name": "Riverside"}
+        assert (await client.post("/api/groups", json=group)).status_code == 201
         assert (await client.post("/api/groups", json={"group_id": "riverside", "name": "Again"})).status_code == 409
         assert (await client.put("/api/groups/riverside/members/box-2")).status_code == 200
         assert (await client.put("/api/groups/riverside/members/box-2")).status_code == 200  # repeat: no-op
