@@ -22,7 +22,7 @@ from starlette.concurrency import run_in_threadpool
 
 from polewatch import __version__
 
-from . import api, delivery, errors, people_api, registry_api, stream
+from . import api, delivery, enrolment_api, errors, people_api, registry_api, stream
 from .auth import COOKIE, PUBLIC, authenticate, unruled_routes
 from .db import make_engine, make_sessionmaker, safe_url, upgrade
 from .feed import Feed
@@ -38,7 +38,8 @@ STATIC_DIR = Path(__file__).resolve().parent / "static"
 SHUTDOWN_GRACE_S = 5
 # Every router of the app; the access-rule check and the role-matrix test read their routes here.
 ROUTERS = (
-    api.router, delivery.router, stream.router, people_api.router, registry_api.router, api.health_router,
+    api.router, delivery.router, stream.router, people_api.router, registry_api.router, enrolment_api.router,
+    api.health_router,
 )  # fmt: skip
 
 
