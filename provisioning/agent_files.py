@@ -107,6 +107,19 @@ def systemd_unit(config_path: Path, executable: str | None = None) -> str:
     )
 
 
+def spawn_agent(config_path: Path, state_dir: Path) -> int:
+    """Start the agent as a background process of its own session (it outlives this command), for a
+    box without systemd; its pid goes to `state_dir/agent.pid` and its output to `state_dir/agent.log`."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    with (state_dir / "agent.log").open("ab") as log:
+        child = subprocess.Popen(
+            [sys.executable, "-m", "polewatch", "agent", "run", "--config", str(config_path)],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    (state_dir / "agent.pid").write_text(f"{child.pid}\n")
+    return child.pid
+
+
 def systemd_available() -> bool:
     return Path("/run/systemd/system").is_dir() and shutil.which("systemctl") is not None
 

@@ -88,7 +88,11 @@ def enrol_command(
     ),
     label_dir: Annotated[Path, typer.Option(help="Where to write the label (PNG and PDF).")] = Path("."),
     start: Annotated[
-        str, typer.Option(help="systemd: install and start the unit; none: only write the files.")
+        str,
+        typer.Option(
+            help="systemd: install and start the unit; spawn: start the agent as a background process (boxes "
+            "without systemd, e.g. containers; its pid and log go to the state dir); none: only write the files."
+        ),
     ] = "systemd",
     wait: Annotated[float, typer.Option(help="Seconds to wait for the first heartbeat at the server.")] = 120.0,
     ca_file: Annotated[
@@ -101,6 +105,7 @@ def enrol_command(
     box keeps the same device. Without a link to the server, everything is prepared and the box enrols
     itself when the link comes up; the checklist says which steps are pending.
     """
+    from .agent_files import spawn_agent
     from .enrolment_flow import Camera, EnrolmentFlow, Step
 
     cameras = []
@@ -112,8 +117,8 @@ def enrol_command(
             )
             raise typer.Exit(2)
         cameras.append(Camera(camera_id, url))
-    if start not in ("systemd", "none"):
-        err.print(f"[red]--start {start!r}:[/red] expected systemd or none")
+    if start not in ("systemd", "spawn", "none"):
+        err.print(f"[red]--start {start!r}:[/red] expected systemd, spawn or none")
         raise typer.Exit(2)
 
     def show(step: Step) -> None:
@@ -126,7 +131,8 @@ def enrol_command(
         config_path=config,
         cameras=cameras,
         label_dir=label_dir,
-        start="systemd" if start == "systemd" else "none",
+        start="systemd" if start == "systemd" else "spawn" if start == "spawn" else "none",
+        spawn=lambda config_path: spawn_agent(config_path, state_dir),
         heartbeat_timeout_s=wait,
         verify=str(ca_file) if ca_file else True,
         report=show,
@@ -139,5 +145,7 @@ def enrol_command(
     for step in outcome.steps:
         table.add_row(step.name, _STATE_STYLE[step.state], step.detail, step.next_action)
     out.print(table)
+    if outcome.seconds_to_first_heartbeat is not None:
+        out.print(f"first heartbeat at the server {outcome.seconds_to_first_heartbeat:.1f} s after the command started")
     if not outcome.ok:
         raise typer.Exit(1)

@@ -88,7 +88,7 @@ class EnrolmentFlow:
     cameras: list[Camera]
     label_dir: Path
     start: Literal["systemd", "spawn", "none"] = "systemd"
-    spawn: Callable[[Path], None] | None = None
+    spawn: Callable[[Path], object] | None = None
     heartbeat_timeout_s: float = 120.0
     verify: bool | str = True
     report: Callable[[Step], None] = lambda step: None

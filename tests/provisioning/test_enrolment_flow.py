@@ -1,0 +1,116 @@
+"""Issue 6's "done when": the technician's one command against a running server and a real Mosquitto
+with TLS and dynamic security. A code is made for a pole, `polewatch provision enrol --start spawn`
+runs as a technician would run it, the agent it starts sends its first heartbeat through the broker
+to the server, the label is written; a second run is the same device; an expired or reused code is
+refused with a clear message."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+import time
+from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import httpx
+import pytest
+import sqlalchemy as sa
+import yaml
+from pydantic import SecretStr
+
+from polewatch.demo import sample_clip
+from polewatch.fleet_server.db import make_engine
+from polewatch.fleet_server.models import EnrolmentCode
+from support.secure_broker import SecureBroker, start_secure_mosquitto
+from support.server import add_token, bearer, live_server, settings_for
+
+pytestmark = [pytest.mark.acl, pytest.mark.e2e, pytest.mark.mqtt, pytest.mark.server, pytest.mark.slow]
+
+
+@pytest.fixture
+def secure(tmp_path: Path) -> Iterator[SecureBroker]:
+    broker = start_secure_mosquitto(tmp_path / "broker")
+    yield broker
+    broker.stop()
+
+
+async def provision(base: str, code: str, box: Path, *, start: str = "spawn", wait: float = 120) -> tuple[int, str]:
+    """`polewatch provision enrol` in its own process, as the technician runs it; exit code and output."""
+    args = [
+        sys.executable, "-m", "polewatch", "provision", "enrol", code, "--server", base,
+        "--camera", f"cam1={sample_clip()}", "--state-dir", str(box / "state"), "--config", str(box / "agent.yaml"),
+        "--label-dir", str(box / "label"), "--start", start, "--wait", str(wait),
+    ]  # fmt: skip
+    child = await asyncio.create_subprocess_exec(
+        *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env={**os.environ, "COLUMNS": "200"}
+    )
+    output, _ = await asyncio.wait_for(child.communicate(), wait + 120)
+    return int(child.returncode or 0), output.decode()
+
+
+def stop_agent(box: Path) -> None:
+    pid_file = box / "state" / "agent.pid"
+    if pid_file.is_file():
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(int(pid_file.read_text()), signal.SIGTERM)
+
+
+async def test_a_technician_brings_a_pole_online(secure: SecureBroker, tmp_path: Path) -> None:
+    database = f"sqlite:///{tmp_path / 'fleet.db'}"
+    files = secure.files
+    settings = settings_for(
+        None, database, mqtt_host="127.0.0.1", mqtt_port=secure.local_port, mqtt_username=files.server.username,
+        mqtt_password=SecretStr(files.server.password), mqtt_shared_group="polewatch",
+        dynsec_password=SecretStr(files.admin.password), dynsec_port=secure.local_port,
+        enrolment_broker_host="127.0.0.1", enrolment_broker_port=secure.tls_port, enrolment_ca_file=str(files.ca_file),
+    )  # fmt: skip
+    token = add_token(database, "ops", "e2e-ops")
+    box, second_box = tmp_path / "box", tmp_path / "other-box"
+    try:
+        async with live_server(settings) as base, httpx.AsyncClient(base_url=base, headers=bearer(token)) as api:
+            assert (await api.post("api/sites", json={"site_id": "bontang", "name": "Bontang"})).status_code == 201
+            for pole in ("bt-017", "bt-018"):
+                made = await api.post("api/poles", json={"pole_id": pole, "site_id": "bontang", "name": pole})
+                assert made.status_code == 201
+            code = (await api.post("api/enrolment/codes", json={"pole_id": "bt-017"})).json()["code"]
+
+            started = time.monotonic()
+            status, output = await provision(base, code, box)
+            elapsed = time.monotonic() - started
+            assert "first heartbeat" in output and "arrived at the server" in output, output
+            assert status == 0, output
+            config = yaml.safe_load((box / "agent.yaml").read_text())
+            device_id = config["device_id"]
+            assert (box / "agent.yaml").stat().st_mode & 0o077 == 0
+            assert config["mqtt"]["port"] == secure.tls_port and config["mqtt"]["tls"]["ca_file"]
+            assert sorted(p.suffix for p in (box / "label").iterdir()) == [".pdf", ".png"]
+            device = (await api.get(f"api/registry/devices/{device_id}")).json()
+            assert device["pole_id"] == "bt-017" and device["health"]["online"] is True
+            print(f"command start to first heartbeat: {elapsed:.1f} s (device {device_id})")
+
+            # A second run on the same box: the same device, nothing new in the registry.
+            status, output = await provision(base, code, box, start="none")
+            assert status == 0, output
+            assert "same box as before" in output and device_id in output
+            assert yaml.safe_load((box / "agent.yaml").read_text())["device_id"] == device_id
+            assert len((await api.get("api/registry/devices")).json()["items"]) == 1
+
+            # Another box with the used code, then with an expired one: refused, nothing written.
+            status, output = await provision(base, code, second_box, start="none")
+            assert status == 1 and "already enrolled another box" in output and "ask ops for a new code" in output
+            expired = (await api.post("api/enrolment/codes", json={"pole_id": "bt-018"})).json()["code"]
+            engine = make_engine(database)
+            with engine.begin() as conn:
+                conn.execute(sa.update(EnrolmentCode).where(EnrolmentCode.pole_id == "bt-018")
+                             .values(expires_at=datetime.now(timezone.utc) - timedelta(hours=1)))  # fmt: skip
+            engine.dispose()
+            status, output = await provision(base, expired, second_box, start="none")
+            assert status == 1 and "expired" in output and "ask ops for a new code for this pole" in output
+            assert not (second_box / "agent.yaml").exists()
+            assert len((await api.get("api/registry/devices")).json()["items"]) == 1
+    finally:
+        stop_agent(box)
