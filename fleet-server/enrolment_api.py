@@ -54,14 +54,15 @@ REFUSED: dict[int | str, dict[str, object]] = {
     )
 }  # fmt: skip
 UNAVAILABLE: dict[int | str, dict[str, object]] = {
-    503: {"model": ErrorOut, "description": "The broker's admin is not configured or does not answer."}
+    409: {"model": ErrorOut, "description": "The broker's admin account is not configured on this server."},
+    503: {"model": ErrorOut, "description": "The broker's admin does not answer: try again."},
 }
 
 
 class CodeIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     pole_id: Slug
-    expires_in_hours: float = Field(default=72, gt=0, le=24 * 30)
+    expires_in_hours: float = Field(default=72, gt=0, le=24 * 30, strict=True)
     preset: dict[str, Any] | None = Field(default=None, description="Remote config document the box starts with.")
 
 
@@ -120,9 +121,9 @@ class ReplaceOut(BaseModel):
 
 def _admin(svc: Services) -> DynsecAdmin:
     s = svc.settings
-    if s.dynsec_password is None:
+    if s.dynsec_password is None:  # a setting, not an outage: 409, so no client retries it as if transient
         raise HTTPException(
-            status_code=503,
+            status_code=409,
             detail="the broker's admin account is not configured (POLEWATCH_DYNSEC_PASSWORD): the server cannot "
             "make, revoke or replace boxes' broker accounts",
         )
@@ -235,7 +236,8 @@ def _client_certificate(svc: Services, csr: x509.CertificateSigningRequest, devi
 
 @router.post(
     "/enrolment", tags=["enrolment"], summary="A box enrols with a one-time code (public: the code is the credential)",
-    dependencies=rule(PUBLIC), responses={**REFUSED, **UNAVAILABLE}, response_model=EnrolmentGrant,
+    dependencies=rule(PUBLIC), response_model=EnrolmentGrant,
+    responses={**REFUSED, 503: {"model": ErrorOut, "description": "Enrolment is not set up, or the broker is down."}},
 )  # fmt: skip
 async def enrol(body: EnrolmentRequest, request: Request, svc: ServicesDep) -> EnrolmentGrant | JSONResponse:
     client = client_address(request) or "unknown"
@@ -250,8 +252,12 @@ async def enrol(body: EnrolmentRequest, request: Request, svc: ServicesDep) -> E
     except ValueError as exc:
         return _refused(422, "invalid", f"the certificate signing request cannot be used: {exc}")
     settings = svc.settings
-    if settings.enrolment_broker_host is None:
-        raise HTTPException(status_code=503, detail="enrolment is not set up: the broker's public host is missing")
+    if settings.enrolment_broker_host is None or settings.dynsec_password is None:
+        # 503, not 4xx: the box keeps its request and retries, and enrols once ops set the server up.
+        raise HTTPException(
+            status_code=503,
+            detail="enrolment is not set up on this server (the broker's public host and admin account): ask ops",
+        )
     fingerprint = _fingerprint(csr)
     try:
         with svc.sessions() as session:
@@ -290,7 +296,11 @@ async def enrol(body: EnrolmentRequest, request: Request, svc: ServicesDep) -> E
 
 @router.post(
     "/enrolment/status", tags=["enrolment"], summary="For the box that used a code: its device and first heartbeat",
-    dependencies=rule(PUBLIC), responses={404: {"model": ErrorOut, "description": "No box enrolled with this."}},
+    dependencies=rule(PUBLIC),
+    responses={
+        404: {"model": ErrorOut, "description": "No box enrolled with this."},
+        429: {"model": ErrorOut, "description": "Too many requests from this address."},
+    },
 )  # fmt: skip
 def enrolment_status(body: StatusIn, request: Request, svc: ServicesDep) -> StatusOut:
     wait = _limits(request, svc).wait(client_address(request) or "unknown")

@@ -18,8 +18,8 @@ Slug = Annotated[str, Field(pattern=DEVICE_ID_PATTERN, description="Letters, dig
 Text = Annotated[str, Field(min_length=1, max_length=200, pattern=NO_NUL)]
 LongText = Annotated[str, Field(max_length=300, pattern=NO_NUL)]
 Area = Annotated[str, Field(max_length=100, pattern=NO_NUL)]
-Latitude = Annotated[float, Field(ge=-90, le=90)]
-Longitude = Annotated[float, Field(ge=-180, le=180)]
+Latitude = Annotated[float, Field(ge=-90, le=90, strict=True)]  # strict: `false` is not 0.0
+Longitude = Annotated[float, Field(ge=-180, le=180, strict=True)]
 Tag = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
 Version = Annotated[str, Field(min_length=1, max_length=64, pattern=NO_NUL)]
 CameraId = Annotated[str, Field(min_length=1, max_length=64, pattern=NO_NUL)]
