@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -20,13 +21,14 @@ import httpx
 import pytest
 import sqlalchemy as sa
 import yaml
-from pydantic import SecretStr
 
-from polewatch.demo import sample_clip
+from polewatch.demo import Child, sample_clip
 from polewatch.fleet_server.db import make_engine
 from polewatch.fleet_server.models import EnrolmentCode
+from support.ports import free_port
 from support.secure_broker import SecureBroker, start_secure_mosquitto
-from support.server import add_token, bearer, live_server, settings_for
+from support.server import bearer
+from support.stack import PYTHON, http_json, wait_until
 
 pytestmark = [pytest.mark.acl, pytest.mark.e2e, pytest.mark.mqtt, pytest.mark.server, pytest.mark.slow]
 
@@ -59,19 +61,37 @@ def stop_agent(box: Path) -> None:
             os.kill(int(pid_file.read_text()), signal.SIGTERM)
 
 
-async def test_a_technician_brings_a_pole_online(secure: SecureBroker, tmp_path: Path) -> None:
-    database = f"sqlite:///{tmp_path / 'fleet.db'}"
-    files = secure.files
-    settings = settings_for(
-        None, database, mqtt_host="127.0.0.1", mqtt_port=secure.local_port, mqtt_username=files.server.username,
-        mqtt_password=SecretStr(files.server.password), mqtt_shared_group="polewatch",
-        dynsec_password=SecretStr(files.admin.password), dynsec_port=secure.local_port,
-        enrolment_broker_host="127.0.0.1", enrolment_broker_port=secure.tls_port, enrolment_ca_file=str(files.ca_file),
+def start_server(secure: SecureBroker, workdir: Path) -> tuple[Child, str, str, str]:
+    """`polewatch server run` as ops would run it, with broker-setup's accounts; returns the child, its
+    base URL, its database URL and an ops token (made with `polewatch server token add`)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    database, port, files = f"sqlite:///{workdir / 'fleet.db'}", free_port(), secure.files
+    token = subprocess.run(
+        [*PYTHON, "server", "token", "add", "e2e-ops", "--role", "ops", "--database-url", database],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+    child = Child(
+        "server",
+        [*PYTHON, "server", "run", "--database-url", database, "--mqtt-host", "127.0.0.1",
+         "--mqtt-port", str(secure.local_port), "--mqtt-username", files.server.username,
+         "--mqtt-shared-group", "polewatch", "--http-host", "127.0.0.1", "--http-port", str(port),
+         "--dynsec-port", str(secure.local_port), "--enrolment-broker-host", "127.0.0.1",
+         "--enrolment-broker-port", str(secure.tls_port), "--enrolment-ca-file", str(files.ca_file),
+         "--enrolment-ca-key-file", str(files.directory / "ca.key")],
+        workdir / "server.log",
+        env={"POLEWATCH_MQTT_PASSWORD": files.server.password, "POLEWATCH_DYNSEC_PASSWORD": files.admin.password},
     )  # fmt: skip
-    token = add_token(database, "ops", "e2e-ops")
+    child.start()
+    base = f"http://127.0.0.1:{port}/"
+    wait_until(lambda: http_json(f"{base}healthz") is not None, 60, "server /healthz", [child])
+    return child, base, database, token
+
+
+async def test_a_technician_brings_a_pole_online(secure: SecureBroker, tmp_path: Path) -> None:
+    server, base, database, token = start_server(secure, tmp_path / "server")
     box, second_box = tmp_path / "box", tmp_path / "other-box"
     try:
-        async with live_server(settings) as base, httpx.AsyncClient(base_url=base, headers=bearer(token)) as api:
+        async with httpx.AsyncClient(base_url=base, headers=bearer(token)) as api:
             assert (await api.post("api/sites", json={"site_id": "bontang", "name": "Bontang"})).status_code == 201
             for pole in ("bt-017", "bt-018"):
                 made = await api.post("api/poles", json={"pole_id": pole, "site_id": "bontang", "name": pole})
@@ -114,3 +134,4 @@ async def test_a_technician_brings_a_pole_online(secure: SecureBroker, tmp_path:
             assert len((await api.get("api/registry/devices")).json()["items"]) == 1
     finally:
         stop_agent(box)
+        server.stop()
