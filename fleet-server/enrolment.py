@@ -91,9 +91,11 @@ def create_code(
     return row, code
 
 
-def revoke_code(session: Session, actor: Actor, code_id: int) -> EnrolmentCode:
+def revoke_code(
+    session: Session, actor: Actor, code_id: int, *, allowed_sites: list[str] | None = None
+) -> EnrolmentCode:
     row = session.get(EnrolmentCode, code_id)
-    if row is None:
+    if row is None or (allowed_sites is not None and row.site_id not in allowed_sites):
         raise RegistryError(404, f"unknown enrolment code id {code_id}")
     if row.used_at is not None or row.revoked_at is not None:
         raise RegistryError(409, "this code is used or withdrawn already")
@@ -103,9 +105,11 @@ def revoke_code(session: Session, actor: Actor, code_id: int) -> EnrolmentCode:
 
 
 def list_codes(
-    session: Session, *, pole_id: str | None, limit: int, before: int | None
+    session: Session, *, pole_id: str | None, limit: int, before: int | None, allowed_sites: list[str] | None = None
 ) -> tuple[list[EnrolmentCode], bool]:
     query = select(EnrolmentCode).order_by(EnrolmentCode.id.desc()).limit(limit + 1)
+    if allowed_sites is not None:
+        query = query.where(EnrolmentCode.site_id.in_(allowed_sites))
     if pole_id is not None:
         query = query.where(EnrolmentCode.pole_id == pole_id)
     if before is not None:

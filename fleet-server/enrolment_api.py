@@ -147,6 +147,12 @@ async def _broker(svc: Services, what: str, call: Any) -> None:
 # --- codes --------------------------------------------------------------------------------------------------
 
 
+def _sites_of(request: Request) -> list[str] | None:
+    """Technicians work on their assigned sites only; other roles with the permission on all."""
+    who = principal(request)
+    return list(who.sites) if who.role == "technician" else None
+
+
 def _new_code_out(row: EnrolmentCode, code: str) -> NewCodeOut:
     base = CodeOut.of(row, row.created_at)
     png = base64.b64encode(enrolment.qr_png(code)).decode()
@@ -158,12 +164,10 @@ def _new_code_out(row: EnrolmentCode, code: str) -> NewCodeOut:
     status_code=201, dependencies=rule(Permission.ENROLMENT_MANAGE), responses=CONFLICT,
 )  # fmt: skip
 def create_code(body: CodeIn, request: Request, svc: ServicesDep) -> NewCodeOut:
-    who = principal(request)
-    sites = list(who.sites) if who.role == "technician" else None
     with change(svc) as session:
         row, code = enrolment.create_code(
             session, actor_of(request), body.pole_id, lifetime=timedelta(hours=body.expires_in_hours),
-            preset=body.preset, allowed_sites=sites,
+            preset=body.preset, allowed_sites=_sites_of(request),
         )  # fmt: skip
         return _new_code_out(row, code)
 
@@ -172,10 +176,14 @@ def create_code(body: CodeIn, request: Request, svc: ServicesDep) -> NewCodeOut:
     "/enrolment/codes", tags=["enrolment"], summary="Enrolment codes (never the codes themselves), newest first",
     dependencies=rule(Permission.ENROLMENT_MANAGE),
 )  # fmt: skip
-def list_codes(svc: ServicesDep, pole_id: SlugFilter = None, limit: Limit = 50, cursor: IdCursor = None) -> CodePage:
+def list_codes(
+    request: Request, svc: ServicesDep, pole_id: SlugFilter = None, limit: Limit = 50, cursor: IdCursor = None
+) -> CodePage:
     now = enrolment._now()
     with svc.sessions() as session:
-        rows, more = enrolment.list_codes(session, pole_id=pole_id, limit=limit, before=int_cursor(cursor))
+        rows, more = enrolment.list_codes(
+            session, pole_id=pole_id, limit=limit, before=int_cursor(cursor), allowed_sites=_sites_of(request)
+        )
         return CodePage(items=[CodeOut.of(r, now) for r in rows], next=str(rows[-1].id) if more and rows else None)
 
 
@@ -185,7 +193,8 @@ def list_codes(svc: ServicesDep, pole_id: SlugFilter = None, limit: Limit = 50, 
 )  # fmt: skip
 def revoke_code(code_id: RowIdPath, request: Request, svc: ServicesDep) -> CodeOut:
     with change(svc) as session:
-        return CodeOut.of(enrolment.revoke_code(session, actor_of(request), code_id), enrolment._now())
+        row = enrolment.revoke_code(session, actor_of(request), code_id, allowed_sites=_sites_of(request))
+        return CodeOut.of(row, enrolment._now())
 
 
 # --- the box's side -----------------------------------------------------------------------------------------

@@ -207,6 +207,14 @@ async def test_technicians_make_codes_on_their_own_sites_only(secure: SecureBrok
                                   headers=bearer(ops))).status_code == 201  # fmt: skip
         foreign = await client.post("/api/enrolment/codes", json={"pole_id": "bp-001"})
         assert foreign.status_code == 403 and "not one of your sites" in foreign.json()["detail"]
+        made = await client.post("/api/enrolment/codes", json={"pole_id": "bp-001"}, headers=bearer(ops))
+        assert made.status_code == 201
+        # The other site's code is neither listed to her nor hers to withdraw.
+        listed = (await client.get("/api/enrolment/codes")).json()["items"]
+        assert [c["pole_id"] for c in listed] == ["bt-001"]
+        assert (await client.post(f"/api/enrolment/codes/{made.json()['id']}/revoke")).status_code == 404
+        listed_by_ops = (await client.get("/api/enrolment/codes", headers=bearer(ops))).json()["items"]
+        assert [c["state"] for c in listed_by_ops] == ["open", "open"]
 
 
 async def test_revoke_cuts_the_box_off_and_replace_gives_the_pole_a_new_box(
