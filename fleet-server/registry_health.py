@@ -47,11 +47,15 @@ class Rollup:
     blind_spots: list[tuple[str, str]] = field(default_factory=list)  # (device, camera) not up
 
     def add(self, device_id: str, health: DeviceHealth) -> None:
-        self.devices[health.state] += 1
+        self.add_many([device_id], health)
+
+    def add_many(self, device_ids: list[str], health: DeviceHealth) -> None:
+        """Devices that share one judgement."""
+        self.devices[health.state] += len(device_ids)
         for camera, state in health.cameras.items():
-            self.cameras[state] += 1
+            self.cameras[state] += len(device_ids)
             if state != "up":
-                self.blind_spots.append((device_id, camera))
+                self.blind_spots.extend((device_id, camera) for device_id in device_ids)
 
 
 def open_conditions(session: Session, device_ids: Iterable[str] | None = None) -> dict[str, set[str]]:
@@ -179,17 +183,20 @@ def rollup(
     )
     if site_id is not None:
         query = query.join(Pole, Pole.pole_id == RegisteredDevice.pole_id).where(Pole.site_id == site_id)
-    degraded = open_conditions(session)
-    result = Rollup()
-    none: frozenset[str] = frozenset()
-    judged: dict[tuple[Any, ...], DeviceHealth] = {}
+    degraded = {device: frozenset(cameras) for device, cameras in open_conditions(session).items()}
+    # Devices in the same condition (same expected cameras, same report signature, same open
+    # conditions) share one judgement; only the blind spots need each device's id.
+    groups: dict[tuple[Any, ...], list[str]] = {}
     for device_id, expected, heard, online, cameras in session.execute(query):
-        open_here = frozenset(degraded.get(device_id, none))
-        key = (expected, bool(heard), bool(online), cameras, open_here)
-        health = judged.get(key)
-        if health is None:
-            health = judge(json.loads(expected), bool(heard), bool(online), None, _reports(cameras), set(open_here))
-            judged[key] = health
-        result.add(device_id, health)
+        key = (expected, bool(heard), bool(online), cameras, degraded.get(device_id))
+        members = groups.get(key)
+        if members is None:
+            groups[key] = [device_id]
+        else:
+            members.append(device_id)
+    result = Rollup()
+    for (expected, heard, online, cameras, open_here), members in groups.items():
+        health = judge(json.loads(expected), heard, online, None, _reports(cameras), set(open_here or ()))
+        result.add_many(members, health)
     result.blind_spots.sort()
     return result
