@@ -149,3 +149,38 @@ def enrol_command(
         out.print(f"first heartbeat at the server {outcome.seconds_to_first_heartbeat:.1f} s after the command started")
     if not outcome.ok:
         raise typer.Exit(1)
+
+
+@app.command("finish-enrolment")
+def finish_enrolment_command(
+    state_dir: Annotated[Path, typer.Option(help="The state dir `provision enrol` prepared.")] = Path(
+        "/var/lib/polewatch"
+    ),
+    retry: Annotated[float, typer.Option(min=1, help="Seconds between attempts while the server is unreachable.")] = 30,
+    attempts: Annotated[
+        int | None, typer.Option(min=1, help="Give up after this many attempts (default: keep trying).")
+    ] = None,
+    ca_file: Annotated[
+        Path | None, typer.Option(help="CA to trust for the server's HTTPS (a private PKI); default: the system's.")
+    ] = None,
+) -> None:
+    """Complete an enrolment `provision enrol` prepared without a link: retry until the server answers,
+    then write the agent's files. Does nothing when nothing is pending (safe to run before every start)."""
+    from .enrol_client import EnrolmentRefusedError, ServerUnreachableError
+    from .enrolment_flow import complete_pending
+
+    try:
+        grant = complete_pending(
+            state_dir, retry_s=retry, attempts=attempts, verify=str(ca_file) if ca_file else True,
+            log=lambda line: err.print(line, highlight=False),
+        )  # fmt: skip
+    except EnrolmentRefusedError as exc:
+        err.print(f"[red]enrolment refused:[/red] {exc}", highlight=False)
+        raise typer.Exit(1) from None
+    except ServerUnreachableError as exc:
+        err.print(f"[yellow]still pending:[/yellow] {exc}", highlight=False)
+        raise typer.Exit(75) from None  # EX_TEMPFAIL: try again later
+    if grant is None:
+        out.print("nothing pending: this box is enrolled already, or was never prepared")
+    else:
+        out.print(f"enrolled as {grant.device_id} on pole {grant.pole_id}")

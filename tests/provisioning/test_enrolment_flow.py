@@ -61,11 +61,11 @@ def stop_agent(box: Path) -> None:
             os.kill(int(pid_file.read_text()), signal.SIGTERM)
 
 
-def start_server(secure: SecureBroker, workdir: Path) -> tuple[Child, str, str, str]:
+def start_server(secure: SecureBroker, workdir: Path, port: int | None = None) -> tuple[Child, str, str, str]:
     """`polewatch server run` as ops would run it, with broker-setup's accounts; returns the child, its
     base URL, its database URL and an ops token (made with `polewatch server token add`)."""
     workdir.mkdir(parents=True, exist_ok=True)
-    database, port, files = f"sqlite:///{workdir / 'fleet.db'}", free_port(), secure.files
+    database, port, files = f"sqlite:///{workdir / 'fleet.db'}", port or free_port(), secure.files
     token = subprocess.run(
         [*PYTHON, "server", "token", "add", "e2e-ops", "--role", "ops", "--database-url", database],
         capture_output=True, text=True, check=True,
@@ -134,4 +134,36 @@ async def test_a_technician_brings_a_pole_online(secure: SecureBroker, tmp_path:
             assert len((await api.get("api/registry/devices")).json()["items"]) == 1
     finally:
         stop_agent(box)
+        server.stop()
+
+
+async def test_a_pole_without_a_link_enrols_when_the_server_answers(secure: SecureBroker, tmp_path: Path) -> None:
+    port, box = free_port(), tmp_path / "box"
+    # At the office: ops makes the code. Then the server is out of reach (the pole has no link yet).
+    server, base, _database, token = start_server(secure, tmp_path / "server", port)
+    try:
+        async with httpx.AsyncClient(base_url=base, headers=bearer(token)) as api:
+            assert (await api.post("api/sites", json={"site_id": "bontang", "name": "Bontang"})).status_code == 201
+            made = await api.post("api/poles", json={"pole_id": "bt-020", "site_id": "bontang", "name": "bt-020"})
+            assert made.status_code == 201
+            code = (await api.post("api/enrolment/codes", json={"pole_id": "bt-020"})).json()["code"]
+    finally:
+        server.stop()
+    status, output = await provision(base, code, box, start="none")
+    assert status == 0 and "pending" in output, output
+    pending = box / "state" / "enrolment" / "pending.json"
+    assert pending.is_file() and not (box / "agent.yaml").exists()
+
+    server, base, _database, token = start_server(secure, tmp_path / "server", port)  # the link is up
+    try:
+        finish = [*PYTHON, "provision", "finish-enrolment", "--state-dir", str(box / "state"), "--attempts", "1"]
+        done = await asyncio.to_thread(subprocess.run, finish, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stdout + done.stderr
+        device_id = yaml.safe_load((box / "agent.yaml").read_text())["device_id"]
+        assert f"enrolled as {device_id} on pole bt-020" in done.stdout and not pending.exists()
+        async with httpx.AsyncClient(base_url=base, headers=bearer(token)) as api:
+            assert (await api.get(f"api/registry/devices/{device_id}")).json()["pole_id"] == "bt-020"
+        again = await asyncio.to_thread(subprocess.run, finish, capture_output=True, text=True, timeout=120)
+        assert again.returncode == 0 and "nothing pending" in again.stdout
+    finally:
         server.stop()
