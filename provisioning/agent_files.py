@@ -84,8 +84,12 @@ def write_agent_files(
     return config_path
 
 
-def systemd_unit(config_path: Path, executable: str | None = None) -> str:
+def systemd_unit(config_path: Path, executable: str | None = None, *, state_dir: Path | None = None) -> str:
+    """The agent's unit. With `state_dir`, every start first completes an enrolment prepared without a
+    link (`provision finish-enrolment`, one attempt): while the server is out of reach that step fails,
+    systemd retries after RestartSec, and the first start with a link enrols the box and runs the agent."""
     exe = executable or shutil.which("polewatch") or f"{sys.executable} -m polewatch"
+    pre = [f"ExecStartPre={exe} provision finish-enrolment --state-dir {state_dir} --attempts 1"] if state_dir else []
     return "\n".join(
         [
             "[Unit]",
@@ -94,6 +98,7 @@ def systemd_unit(config_path: Path, executable: str | None = None) -> str:
             "After=network-online.target time-sync.target",
             "",
             "[Service]",
+            *pre,
             f"ExecStart={exe} agent run --config {config_path}",
             "Restart=always",
             "RestartSec=5",
@@ -124,10 +129,12 @@ def systemd_available() -> bool:
     return Path("/run/systemd/system").is_dir() and shutil.which("systemctl") is not None
 
 
-def install_systemd_unit(config_path: Path, unit_dir: Path = Path("/etc/systemd/system")) -> Path:
+def install_systemd_unit(
+    config_path: Path, unit_dir: Path = Path("/etc/systemd/system"), *, state_dir: Path | None = None
+) -> Path:
     """Install, enable and (re)start the agent's unit; raises CalledProcessError with systemctl's words."""
     unit = unit_dir / UNIT_NAME
-    unit.write_text(systemd_unit(config_path))
+    unit.write_text(systemd_unit(config_path, state_dir=state_dir))
     for args in (["daemon-reload"], ["enable", UNIT_NAME], ["restart", UNIT_NAME]):
         subprocess.run(["systemctl", *args], check=True, capture_output=True, text=True)
     return unit

@@ -203,6 +203,8 @@ class EnrolmentFlow:
                     f"nothing to do: the box enrols itself on its first connection ({pending})",
                 )
             )
+            if self.start == "systemd":  # the unit's ExecStartPre completes the enrolment when the link is up
+                record(self._start())
             return outcome
         except EnrolmentRefusedError as exc:
             record(Step("enrolment", "failed", str(exc), "see the message; nothing was written on the box"))
@@ -269,7 +271,7 @@ class EnrolmentFlow:
                 "run on the pole's box, or pass --start none and start the agent yourself",
             )
         try:
-            unit = install_systemd_unit(self.config_path)
+            unit = install_systemd_unit(self.config_path, state_dir=self.state_dir)
         except Exception as exc:  # CalledProcessError, PermissionError: both say what went wrong
             return Step(
                 "agent start",
