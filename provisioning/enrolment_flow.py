@@ -203,8 +203,14 @@ class EnrolmentFlow:
                     f"nothing to do: the box enrols itself on its first connection ({pending})",
                 )
             )
-            if self.start == "systemd":  # the unit's ExecStartPre completes the enrolment when the link is up
-                record(self._start())
+            if self.start == "systemd" and systemd_available():
+                record(self._start())  # the unit's ExecStartPre completes the enrolment when the link is up
+            else:
+                record(Step(
+                    "agent start", "skipped", "enrolment pending",
+                    f"when the link is up: polewatch provision finish-enrolment --state-dir {self.state_dir}, "
+                    f"then polewatch agent run --config {self.config_path}",
+                ))  # fmt: skip
             return outcome
         except EnrolmentRefusedError as exc:
             record(Step("enrolment", "failed", str(exc), "see the message; nothing was written on the box"))
