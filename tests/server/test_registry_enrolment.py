@@ -20,6 +20,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from polewatch.fleet_server import create_app
+from polewatch.fleet_server.broker_access.dynsec import DynsecAdmin
 from polewatch.fleet_server.db import make_engine
 from polewatch.fleet_server.models import AuditEntry, EnrolmentCode
 from polewatch.protocol import topics
@@ -266,3 +267,22 @@ async def test_revoke_cuts_the_box_off_and_replace_gives_the_pole_a_new_box(
             ("installed", old["device_id"], None),
         ]
         assert (await client.post(f"/api/registry/devices/{old['device_id']}/revoke")).status_code == 409
+
+
+async def test_two_boxes_racing_with_one_code_make_one_device(secure: SecureBroker, database: str) -> None:
+    keys = [ec.generate_private_key(ec.SECP256R1()) for _ in range(4)]
+    async with fleet(secure, database) as client:
+        code = await new_code(client)
+        answers = await asyncio.gather(*(client.post("/api/enrolment", json=request_for(code, k)) for k in keys))
+        statuses = sorted(a.status_code for a in answers)
+        assert statuses == [200, 409, 409, 409], [a.text for a in answers]
+        assert {a.json()["reason"] for a in answers if a.status_code == 409} <= {"used"}
+        devices = (await client.get("/api/registry/devices")).json()["items"]
+        assert len(devices) == 1
+        # The losers' broker accounts were deleted again: only the winner's exists.
+        files = secure.files
+        async with DynsecAdmin("127.0.0.1", secure.local_port, username=files.admin.username,
+                               password=files.admin.password) as admin:  # fmt: skip
+            listed = await admin.execute([{"command": "listClients"}])
+        boxes = [c for c in listed[0]["data"]["clients"] if str(c).startswith("box-")]
+        assert boxes == [devices[0]["device_id"]]
