@@ -22,7 +22,7 @@ from starlette.concurrency import run_in_threadpool
 
 from polewatch import __version__
 
-from . import api, config_api, delivery, errors, people_api, stream
+from . import api, config_api, delivery, enrolment_api, errors, people_api, registry_api, stream
 from .auth import COOKIE, PUBLIC, authenticate, unruled_routes
 from .db import make_engine, make_sessionmaker, safe_url, upgrade
 from .feed import Feed
@@ -37,7 +37,10 @@ log = logging.getLogger(__name__)
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 SHUTDOWN_GRACE_S = 5
 # Every router of the app; the access-rule check and the role-matrix test read their routes here.
-ROUTERS = (api.router, delivery.router, stream.router, people_api.router, config_api.router, api.health_router)
+ROUTERS = (
+    api.router, delivery.router, stream.router, people_api.router, registry_api.router, enrolment_api.router,
+    config_api.router, api.health_router,
+)  # fmt: skip
 
 
 def create_app(settings: Settings | None = None, *, run_ingest: bool = True, migrate: bool = True) -> FastAPI:

@@ -86,6 +86,45 @@ def run(
             help="Send the session cookie over HTTPS only: set it when a TLS proxy serves the console.",
         ),
     ] = _DEFAULTS.cookie_secure,
+    dynsec_username: Annotated[
+        str, typer.Option(envvar="POLEWATCH_DYNSEC_USERNAME", help="Enrolment: the broker's dynamic-security admin.")
+    ] = _DEFAULTS.dynsec_username,
+    dynsec_password: Annotated[
+        str | None,
+        typer.Option(
+            envvar="POLEWATCH_DYNSEC_PASSWORD",
+            help="Its password (from broker-setup's fleet-server.env); without it boxes cannot be enrolled or "
+            "revoked. Prefer the environment variable.",
+        ),
+    ] = None,
+    dynsec_host: Annotated[
+        str | None,
+        typer.Option(envvar="POLEWATCH_DYNSEC_HOST", help="Where the admin connects (default: --mqtt-host)."),
+    ] = None,
+    dynsec_port: Annotated[
+        int | None, typer.Option(envvar="POLEWATCH_DYNSEC_PORT", help="Its port (default: --mqtt-port).")
+    ] = None,
+    enrolment_broker_host: Annotated[
+        str | None,
+        typer.Option(envvar="POLEWATCH_ENROLMENT_BROKER_HOST", help="The broker's host as boxes reach it (TLS name)."),
+    ] = None,
+    enrolment_broker_port: Annotated[
+        int, typer.Option(envvar="POLEWATCH_ENROLMENT_BROKER_PORT", help="The broker's TLS port for boxes.")
+    ] = _DEFAULTS.enrolment_broker_port,
+    enrolment_ca_file: Annotated[
+        str | None,
+        typer.Option(envvar="POLEWATCH_ENROLMENT_CA_FILE", help="CA certificate boxes trust for the broker."),
+    ] = None,
+    enrolment_ca_key_file: Annotated[
+        str | None,
+        typer.Option(
+            envvar="POLEWATCH_ENROLMENT_CA_KEY_FILE", help="That CA's key: sign each box's client certificate."
+        ),
+    ] = None,
+    enrolment_public_url: Annotated[
+        str | None,
+        typer.Option(envvar="POLEWATCH_ENROLMENT_PUBLIC_URL", help="This server's URL as boxes reach it."),
+    ] = None,
 ) -> None:
     """Serve the REST API and the console, and ingest MQTT, until Ctrl-C or SIGTERM."""
     from pydantic import SecretStr, ValidationError
@@ -107,6 +146,15 @@ def run(
             log_level=log_level,
             session_hours=session_hours,
             cookie_secure=cookie_secure,
+            dynsec_username=dynsec_username,
+            dynsec_password=SecretStr(dynsec_password) if dynsec_password else None,
+            dynsec_host=dynsec_host,
+            dynsec_port=dynsec_port,
+            enrolment_broker_host=enrolment_broker_host,
+            enrolment_broker_port=enrolment_broker_port,
+            enrolment_ca_file=enrolment_ca_file,
+            enrolment_ca_key_file=enrolment_ca_key_file,
+            enrolment_public_url=enrolment_public_url,
         )
     except ValidationError as exc:
         typer.echo(f"invalid settings:\n{exc}", err=True)

@@ -442,3 +442,128 @@ class CommandAckRow(Base):
     repeated: Mapped[bool] = mapped_column(Boolean())
     sent_at: Mapped[datetime] = mapped_column(UtcDateTime())
     received_at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
+# --- registry and enrolment ------------------------------------------------------------------------
+
+
+class Site(Base):
+    """A place the city manages as one (a district's command area, a park): poles belong to one site.
+
+    Keyed by a short slug that people type (technicians' `sites` lists name these)."""
+
+    __tablename__ = "sites"
+
+    site_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    address: Mapped[str | None] = mapped_column(String(300), default=None)
+    district: Mapped[str | None] = mapped_column(String(100), default=None, doc="Kecamatan.")
+    kelurahan: Mapped[str | None] = mapped_column(String(100), default=None)
+    latitude: Mapped[float | None] = mapped_column(Float(), default=None)
+    longitude: Mapped[float | None] = mapped_column(Float(), default=None)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
+class Pole(Base):
+    """A physical pole: it stays when boxes come and go, so config and history hang on it."""
+
+    __tablename__ = "poles"
+    __table_args__ = (Index("ix_poles_site_id_pole_id", "site_id", "pole_id"),)
+
+    pole_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    site_id: Mapped[str] = mapped_column(String(64), ForeignKey("sites.site_id"))
+    name: Mapped[str] = mapped_column(String(200))
+    address: Mapped[str | None] = mapped_column(String(300), default=None)
+    district: Mapped[str | None] = mapped_column(String(100), default=None)
+    kelurahan: Mapped[str | None] = mapped_column(String(100), default=None)
+    latitude: Mapped[float | None] = mapped_column(Float(), default=None)
+    longitude: Mapped[float | None] = mapped_column(Float(), default=None)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
+class RegisteredDevice(Base):
+    """A box the registry knows (enrolled or entered by ops), with the pole it hangs on now.
+
+    Separate from `devices` (which the ingest creates from whatever it hears), so a box can be
+    registered before its first message and a message from an unregistered id never invents one."""
+
+    __tablename__ = "registry_devices"
+    __table_args__ = (Index("ix_registry_devices_pole_id", "pole_id"),)
+
+    device_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    pole_id: Mapped[str | None] = mapped_column(String(64), ForeignKey("poles.pole_id"), default=None)
+    hardware: Mapped[str | None] = mapped_column(String(255), default=None)
+    agent_version: Mapped[str | None] = mapped_column(String(64), default=None)
+    model_version: Mapped[str | None] = mapped_column(String(64), default=None)
+    cameras: Mapped[list[str]] = mapped_column(JsonDoc, doc="Camera ids the box is set up with.")
+    status: Mapped[str] = mapped_column(String(16), doc="active | revoked")
+    box_fingerprint: Mapped[str | None] = mapped_column(String(64), unique=True, default=None)
+    registered_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    revoked_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), default=None)
+
+
+class PoleHistoryEntry(Base):
+    """What happened on a pole and to a device: installed, moved, removed, replaced, revoked.
+
+    Kept forever: "which box was on pole 17 last March" is a question the sanction process asks."""
+
+    __tablename__ = "pole_history"
+    __table_args__ = (
+        Index("ix_pole_history_pole_id_id", "pole_id", "id"),
+        Index("ix_pole_history_device_id_id", "device_id", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(RowId, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(UtcDateTime())
+    device_id: Mapped[str] = mapped_column(String(64))
+    pole_id: Mapped[str | None] = mapped_column(String(64))
+    action: Mapped[str] = mapped_column(String(16))
+    from_pole_id: Mapped[str | None] = mapped_column(String(64), default=None)
+    other_device_id: Mapped[str | None] = mapped_column(String(64), default=None, doc="replaced: the old box.")
+    actor: Mapped[str] = mapped_column(String(120))
+
+
+class DeviceGroup(Base):
+    __tablename__ = "device_groups"
+
+    group_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    description: Mapped[str | None] = mapped_column(String(500), default=None)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
+class DeviceGroupMember(Base):
+    __tablename__ = "device_group_members"
+    __table_args__ = (Index("ix_device_group_members_device_id", "device_id"),)
+
+    group_id: Mapped[str] = mapped_column(String(64), ForeignKey("device_groups.group_id"), primary_key=True)
+    device_id: Mapped[str] = mapped_column(String(64), ForeignKey("registry_devices.device_id"), primary_key=True)
+
+
+class DeviceTag(Base):
+    __tablename__ = "device_tags"
+    __table_args__ = (Index("ix_device_tags_tag", "tag"),)
+
+    device_id: Mapped[str] = mapped_column(String(64), ForeignKey("registry_devices.device_id"), primary_key=True)
+    tag: Mapped[str] = mapped_column(String(64), primary_key=True)
+
+
+class EnrolmentCode(Base):
+    """A one-time code for one pole. Only the SHA-256 of the code is stored: a database dump gives
+    no one a usable code."""
+
+    __tablename__ = "enrolment_codes"
+    __table_args__ = (Index("ix_enrolment_codes_pole_id", "pole_id"),)
+
+    id: Mapped[int] = mapped_column(RowId, primary_key=True, autoincrement=True)
+    code_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    pole_id: Mapped[str] = mapped_column(String(64), ForeignKey("poles.pole_id"))
+    site_id: Mapped[str] = mapped_column(String(64))
+    preset: Mapped[dict[str, Any] | None] = mapped_column(JsonDoc, default=None)
+    created_by: Mapped[str] = mapped_column(String(120))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    expires_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    used_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), default=None)
+    box_fingerprint: Mapped[str | None] = mapped_column(String(64), default=None)
+    device_id: Mapped[str | None] = mapped_column(String(64), default=None)
+    revoked_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), default=None)

@@ -28,14 +28,23 @@ class Permission(str, Enum):
     CONFIG_WRITE = "config:write"  # configuration documents, groups, rollback, publish
     COMMANDS_SEND = "commands:send"  # restart a camera, take a snapshot, set the log level
     SELF = "self"  # one's own session: who am I, sign out
+    REGISTRY_MANAGE = "registry:manage"  # sites, poles, devices, groups, tags; revoke and replace boxes
+    ENROLMENT_MANAGE = "enrolment:manage"  # enrolment codes for poles (technicians: on their own sites)
 
 
 _EVERYONE = frozenset({Permission.FLEET_READ, Permission.SELF})
 
 GRANTS: dict[Role, frozenset[Permission]] = {
     "admin": frozenset(Permission),
-    "ops": _EVERYONE | {Permission.INGEST_READ, Permission.CONFIG_WRITE, Permission.COMMANDS_SEND},
-    "technician": _EVERYONE,
+    "ops": _EVERYONE
+    | {
+        Permission.INGEST_READ,
+        Permission.CONFIG_WRITE,
+        Permission.COMMANDS_SEND,
+        Permission.REGISTRY_MANAGE,
+        Permission.ENROLMENT_MANAGE,
+    },
+    "technician": _EVERYONE | {Permission.ENROLMENT_MANAGE},
     "operator": _EVERYONE,
     "viewer": _EVERYONE,
 }

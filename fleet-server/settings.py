@@ -64,6 +64,29 @@ class Settings(BaseModel):
     login_failures_per_user: int = Field(
         default=5, ge=1, description="Wrong passwords for one username per 15 minutes before it is held."
     )
+    # Enrolment (issue 6): the broker a new box is sent to, and the admin account that makes its account.
+    dynsec_username: str = Field(default="polewatch-admin", description="The broker's dynamic-security admin.")
+    dynsec_password: SecretStr | None = Field(
+        default=None,
+        description="Without it the server cannot enrol, revoke or replace boxes (POLEWATCH_DYNSEC_PASSWORD).",
+    )
+    dynsec_host: str | None = Field(default=None, description="Where the admin connects; default: mqtt_host.")
+    dynsec_port: int | None = Field(default=None, ge=1, le=65535, description="Default: mqtt_port.")
+    enrolment_broker_host: str | None = Field(
+        default=None, description="The broker's host as boxes reach it (the name in its TLS certificate)."
+    )
+    enrolment_broker_port: int = Field(default=8883, ge=1, le=65535)
+    enrolment_broker_tls: bool = True
+    enrolment_ca_file: str | None = Field(
+        default=None, description="CA certificate boxes must trust for the broker; sent in the grant."
+    )
+    enrolment_ca_key_file: str | None = Field(
+        default=None, description="That CA's key: with it, each box's CSR is signed into a client certificate."
+    )
+    enrolment_public_url: str | None = Field(
+        default=None, description="This server's URL as boxes reach it; default: the URL the box used."
+    )
+    enrolment_per_minute_per_client: int = Field(default=10, ge=1, description="Enrolment attempts per address.")
 
     def mqtt_password_value(self) -> str | None:
         return self.mqtt_password.get_secret_value() if self.mqtt_password is not None else None

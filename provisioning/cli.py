@@ -1,4 +1,4 @@
-"""`polewatch provision ...`: the field technician's checks at the pole."""
+"""`polewatch provision ...`: the field technician's checks at the pole, and the one command that enrols it."""
 
 from __future__ import annotations
 
@@ -53,8 +53,134 @@ def check_box_command(
     for col in ("check", "result", "detail", "what to do"):
         table.add_column(col)
     for check in checks:
-        table.add_row(check.name, "[green]pass[/green]" if check.ok else "[red]FAIL[/red]", check.detail,
-                      "" if check.ok else check.fix)
+        table.add_row(
+            check.name,
+            "[green]pass[/green]" if check.ok else "[red]FAIL[/red]",
+            check.detail,
+            "" if check.ok else check.fix,
+        )
     out.print(table)
     if not all(c.ok for c in checks):
         raise typer.Exit(1)
+
+
+_STATE_STYLE = {
+    "passed": "[green]pass[/green]",
+    "failed": "[red]FAIL[/red]",
+    "pending": "[yellow]pending[/yellow]",
+    "skipped": "[dim]skipped[/dim]",
+}
+
+
+@app.command("enrol")
+def enrol_command(
+    code: Annotated[str, typer.Argument(help="The enrolment code on the work order, e.g. K7QF-9XM2-PAH4.")],
+    server: Annotated[str, typer.Option(help="The fleet server's address, e.g. https://fleet.bontang.example")],
+    camera: Annotated[
+        list[str],
+        typer.Option(help="A camera as ID=URL (rtsp://user:password@host/path); repeat for more cameras."),
+    ],
+    state_dir: Annotated[Path, typer.Option(help="Where the agent keeps its state and the box's key.")] = Path(
+        "/var/lib/polewatch"
+    ),
+    config: Annotated[Path, typer.Option(help="Where to write the agent's config.")] = Path(
+        "/etc/polewatch/agent.yaml"
+    ),
+    label_dir: Annotated[Path, typer.Option(help="Where to write the label (PNG and PDF).")] = Path("."),
+    start: Annotated[
+        str,
+        typer.Option(
+            help="systemd: install and start the unit; spawn: start the agent as a background process (boxes "
+            "without systemd, e.g. containers; its pid and log go to the state dir); none: only write the files."
+        ),
+    ] = "systemd",
+    wait: Annotated[float, typer.Option(help="Seconds to wait for the first heartbeat at the server.")] = 120.0,
+    ca_file: Annotated[
+        Path | None, typer.Option(help="CA to trust for the server's HTTPS (a private PKI); default: the system's.")
+    ] = None,
+) -> None:
+    """Bring this box into the fleet: check it, probe the cameras, enrol with the code, start the agent.
+
+    Run it on the pole's box (its key is made there and never leaves it). Safe to run again: the same
+    box keeps the same device. Without a link to the server, everything is prepared and the box enrols
+    itself when the link comes up; the checklist says which steps are pending.
+    """
+    from .agent_files import spawn_agent
+    from .enrolment_flow import Camera, EnrolmentFlow, Step
+
+    cameras = []
+    for item in camera:
+        camera_id, sep, url = item.partition("=")
+        if not sep or not camera_id or not url:
+            err.print(
+                f"[red]--camera {item!r}:[/red] expected ID=URL, e.g. --camera cam1=rtsp://user:pw@10.0.0.9/stream1"
+            )
+            raise typer.Exit(2)
+        cameras.append(Camera(camera_id, url))
+    if start not in ("systemd", "spawn", "none"):
+        err.print(f"[red]--start {start!r}:[/red] expected systemd, spawn or none")
+        raise typer.Exit(2)
+
+    def show(step: Step) -> None:
+        err.print(f"{_STATE_STYLE[step.state]}  {step.name}: {step.detail}", highlight=False)
+
+    flow = EnrolmentFlow(
+        server_url=server,
+        code=code,
+        state_dir=state_dir,
+        config_path=config,
+        cameras=cameras,
+        label_dir=label_dir,
+        start="systemd" if start == "systemd" else "spawn" if start == "spawn" else "none",
+        spawn=lambda config_path: spawn_agent(config_path, state_dir),
+        heartbeat_timeout_s=wait,
+        verify=str(ca_file) if ca_file else True,
+        report=show,
+    )
+    with err.status("enrolling…"):
+        outcome = flow.run()
+    table = Table(title="pole checklist")
+    for col in ("step", "result", "detail", "next"):
+        table.add_column(col)
+    for step in outcome.steps:
+        table.add_row(step.name, _STATE_STYLE[step.state], step.detail, step.next_action)
+    out.print(table)
+    if outcome.seconds_to_first_heartbeat is not None:
+        out.print(f"first heartbeat at the server {outcome.seconds_to_first_heartbeat:.1f} s after the command started")
+    if not outcome.ok:
+        raise typer.Exit(1)
+
+
+@app.command("finish-enrolment")
+def finish_enrolment_command(
+    state_dir: Annotated[Path, typer.Option(help="The state dir `provision enrol` prepared.")] = Path(
+        "/var/lib/polewatch"
+    ),
+    retry: Annotated[float, typer.Option(min=1, help="Seconds between attempts while the server is unreachable.")] = 30,
+    attempts: Annotated[
+        int | None, typer.Option(min=1, help="Give up after this many attempts (default: keep trying).")
+    ] = None,
+    ca_file: Annotated[
+        Path | None, typer.Option(help="CA to trust for the server's HTTPS (a private PKI); default: the system's.")
+    ] = None,
+) -> None:
+    """Complete an enrolment `provision enrol` prepared without a link: retry until the server answers,
+    then write the agent's files. Does nothing when nothing is pending (safe to run before every start)."""
+    from .enrol_client import EnrolmentRefusedError, ServerUnreachableError
+    from .enrolment_flow import complete_pending
+
+    try:
+        grant = complete_pending(
+            state_dir, retry_s=retry, attempts=attempts, verify=str(ca_file) if ca_file else True,
+            log=lambda line: err.print(line, highlight=False),
+        )  # fmt: skip
+    except EnrolmentRefusedError as exc:
+        err.print(f"[red]enrolment refused:[/red] {exc}", highlight=False)
+        raise typer.Exit(1) from None
+    except ServerUnreachableError as exc:
+        err.print(f"[yellow]still pending:[/yellow] {exc}", highlight=False)
+        raise typer.Exit(75) from None  # EX_TEMPFAIL: try again later
+    if grant is None:
+        out.print("nothing pending: this box is enrolled already, or was never prepared")
+    else:
+        out.print(f"enrolled as {grant.device_id} on pole {grant.pole_id}")

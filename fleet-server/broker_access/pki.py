@@ -151,3 +151,15 @@ def write_private_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
     with os.fdopen(fd, "wb") as handle:
         handle.write(data)
     path.chmod(0o600)
+
+
+def sign_csr_as(ca: CertificateAuthority, csr: x509.CertificateSigningRequest, device_id: str) -> x509.Certificate:
+    """Sign a box's request into a certificate for a device id the server chose, whatever the
+    request's subject says: at enrolment the box does not know its id yet, and what it names itself
+    must never decide which device it becomes. The signature still proves it holds the key."""
+    if not csr.is_signature_valid:
+        raise ValueError("the certificate request's signature is not valid")
+    public_key = csr.public_key()
+    if not isinstance(public_key, ec.EllipticCurvePublicKey):
+        raise ValueError("the certificate request must carry an EC P-256 key")
+    return _leaf(ca, public_key, device_id, ExtendedKeyUsageOID.CLIENT_AUTH)

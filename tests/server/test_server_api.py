@@ -157,6 +157,14 @@ async def test_stats_health_console_and_openapi(client: httpx.AsyncClient) -> No
         "/api/tokens",
         "/api/tokens/{token_id}",
         "/api/audit",
+        # registry and enrolment
+        "/api/sites", "/api/sites/{site_id}", "/api/sites/{site_id}/health", "/api/fleet/health",
+        "/api/poles", "/api/poles/{pole_id}", "/api/poles/{pole_id}/history",
+        "/api/registry/devices", "/api/registry/devices/{device_id}", "/api/registry/devices/{device_id}/move",
+        "/api/registry/devices/{device_id}/tags", "/api/registry/devices/{device_id}/history",
+        "/api/registry/devices/{device_id}/revoke", "/api/registry/devices/{device_id}/replace",
+        "/api/groups", "/api/groups/{group_id}/members/{device_id}",
+        "/api/enrolment", "/api/enrolment/status", "/api/enrolment/codes", "/api/enrolment/codes/{code_id}/revoke",
         "/healthz",
     }
     device_404 = spec["paths"]["/api/devices/{device_id}"]["get"]["responses"]["404"]

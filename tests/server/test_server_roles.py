@@ -72,7 +72,10 @@ async def test_routes_by_roles(database: str) -> None:
     user_id = add_user(database, "matrix-user", "viewer")
     app = create_app(settings_for(None, database), run_ingest=False)
     routes = _routes(app)
-    samples = {"device_id": "pole-a", "user_id": str(user_id), "token_id": "999"}
+    samples = {
+        "device_id": "pole-a", "user_id": str(user_id), "token_id": "999", "site_id": "site-a", "pole_id": "pole-a",
+        "group_id": "group-a", "code_id": "999",
+    }  # fmt: skip
 
     results: dict[tuple[str, str], dict[str, int]] = {}
     async with live_server(settings_for(None, database)) as base, httpx.AsyncClient(base_url=base, timeout=20) as http:
@@ -103,4 +106,7 @@ async def test_routes_by_roles(database: str) -> None:
     assert [r for r in ROLES if results[("GET", "/api/ingest/stats")][r] == 200] == ["admin", "ops"]
     assert [r for r in ROLES if results[("GET", "/api/audit")][r] == 200] == ["admin"]
     assert results[("GET", "/healthz")][ANONYMOUS] == 200
+    assert [r for r in ROLES if results[("POST", "/api/sites")][r] != 403] == ["admin", "ops"]
+    assert [r for r in ROLES if results[("POST", "/api/enrolment/codes")][r] != 403] == ["admin", "ops", "technician"]
+    assert results[("POST", "/api/enrolment")][ANONYMOUS] == 422  # public: the code is the credential
     print(f"role matrix: {len(results)} routes x {len(ROLES) + 1} principals checked")
