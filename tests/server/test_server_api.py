@@ -165,6 +165,10 @@ async def test_stats_health_console_and_openapi(client: httpx.AsyncClient) -> No
         "/api/registry/devices/{device_id}/revoke", "/api/registry/devices/{device_id}/replace",
         "/api/groups", "/api/groups/{group_id}/members/{device_id}",
         "/api/enrolment", "/api/enrolment/status", "/api/enrolment/codes", "/api/enrolment/codes/{code_id}/revoke",
+        # configuration and commands
+        "/api/config/devices", "/api/config/devices/{device_id}", "/api/config/layers", "/api/config/members",
+        "/api/config/members/{device_id}", "/api/config/members/{device_id}/preview", "/api/config/preview",
+        "/api/config/publish", "/api/config/rollback", "/api/devices/{device_id}/commands",
         "/healthz",
     }
     device_404 = spec["paths"]["/api/devices/{device_id}"]["get"]["responses"]["404"]
