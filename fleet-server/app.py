@@ -22,7 +22,7 @@ from starlette.concurrency import run_in_threadpool
 
 from polewatch import __version__
 
-from . import api, delivery, errors, people_api, stream
+from . import alerts_api, alerts_stream, api, delivery, errors, people_api, stream
 from .auth import COOKIE, PUBLIC, authenticate, unruled_routes
 from .db import make_engine, make_sessionmaker, safe_url, upgrade
 from .feed import Feed
@@ -37,7 +37,11 @@ log = logging.getLogger(__name__)
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 SHUTDOWN_GRACE_S = 5
 # Every router of the app; the access-rule check and the role-matrix test read their routes here.
-ROUTERS = (api.router, delivery.router, stream.router, people_api.router, api.health_router)
+ROUTERS = (
+    api.router, delivery.router, stream.router, people_api.router, api.health_router,
+    alerts_stream.router,  # before alerts_api: /api/alerts/stream is not an /api/alerts/{alert_id}
+    alerts_api.router,
+)  # fmt: skip
 
 
 def create_app(settings: Settings | None = None, *, run_ingest: bool = True, migrate: bool = True) -> FastAPI:
@@ -50,7 +54,7 @@ def create_app(settings: Settings | None = None, *, run_ingest: bool = True, mig
     engine = make_engine(settings.database_url)
     sessions = make_sessionmaker(engine)
     feed = Feed()
-    store = Store(sessions)
+    store = Store(sessions, settings.alert_timezone)
     ingest = Ingest(settings, store, feed)
     limits = LoginLimits(settings.login_per_minute_per_client, settings.login_failures_per_user)
     services = Services(

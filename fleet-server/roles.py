@@ -25,6 +25,9 @@ class Permission(str, Enum):
     USERS_MANAGE = "users:manage"  # people: create, change role or sites, disable
     TOKENS_MANAGE = "tokens:manage"  # machines' API tokens: create, revoke
     AUDIT_READ = "audit:read"
+    ALERTS_READ = "alerts:read"  # alerts, their steps, the alert stream, agencies, deliveries
+    ALERTS_HANDLE = "alerts:handle"  # acknowledge, assign, resolve, false alarm; retry a delivery
+    ROUTING_MANAGE = "routing:manage"  # agencies and routing rules
     SELF = "self"  # one's own session: who am I, sign out
 
 
@@ -32,10 +35,10 @@ _EVERYONE = frozenset({Permission.FLEET_READ, Permission.SELF})
 
 GRANTS: dict[Role, frozenset[Permission]] = {
     "admin": frozenset(Permission),
-    "ops": _EVERYONE | {Permission.INGEST_READ},
+    "ops": _EVERYONE | {Permission.INGEST_READ, Permission.ALERTS_READ},
     "technician": _EVERYONE,
-    "operator": _EVERYONE,
-    "viewer": _EVERYONE,
+    "operator": _EVERYONE | {Permission.ALERTS_READ, Permission.ALERTS_HANDLE, Permission.ROUTING_MANAGE},
+    "viewer": _EVERYONE | {Permission.ALERTS_READ},
 }
 
 

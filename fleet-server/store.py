@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from sqlalchemy import Table, delete, insert, or_, select
 from sqlalchemy.dialects import postgresql, sqlite
@@ -34,10 +35,14 @@ from polewatch.protocol import (
     GivenUpMessage,
     HealthMessage,
     PresenceMessage,
+    RuleEventMessage,
     V1Message,
 )
 
+from . import alerts
+from .alert_schemas import AlertChangeOut, AlertOut, StepOut
 from .models import (
+    Alert,
     CameraHealthEvent,
     Device,
     DeviceClock,
@@ -78,6 +83,7 @@ class Outcome:
     error: str | None = None
     event: EventOut | None = None
     device: DeviceOut | None = None
+    alert: AlertChangeOut | None = None  # the alert this message raised, for the alert stream
 
 
 def _clip(value: str | None, length: int) -> str | None:
@@ -87,8 +93,15 @@ def _clip(value: str | None, length: int) -> str | None:
 class Store:
     """Applies decoded messages to the database."""
 
-    def __init__(self, sessions: sessionmaker[Session]) -> None:
+    def __init__(self, sessions: sessionmaker[Session], alert_timezone: str = "Asia/Makassar") -> None:
         self._sessions = sessions
+        self._tz = ZoneInfo(alert_timezone)
+
+    def _alert(self, session: Session, message: V1Message, received_at: datetime) -> AlertChangeOut | None:
+        change = alerts.raise_from(session, message, received_at, self._tz)
+        if change is None:
+            return None
+        return AlertChangeOut(step=StepOut.of(change.step), alert=AlertOut.of(change.alert))
 
     def apply_batch(self, batch: Sequence[Received]) -> list[Outcome]:
         """Store a batch in one transaction; if that fails, fall back to one transaction per
@@ -141,6 +154,8 @@ class Store:
             return self._camera_health(session, message, item.received_at)
         if isinstance(message, GivenUpMessage):
             return self._given_up(session, message, item.received_at)
+        if isinstance(message, RuleEventMessage):
+            return self._rule_event(session, message, item.received_at)
         if isinstance(message, PresenceMessage):
             return self._presence(session, message, item.received_at)
         raise TypeError(f"no store for {message.kind} messages")  # the ingest marks those seq_only
@@ -217,7 +232,16 @@ class Store:
         if row_id is None:
             return Outcome(duplicate=True)
         event = EventOut.of(Event(id=row_id, **values))  # a transient copy: no second SELECT
-        return Outcome(event=event, device=DeviceOut.of(device) if created else None)
+        alert = self._alert(session, msg, received_at)
+        return Outcome(event=event, device=DeviceOut.of(device) if created else None, alert=alert)
+
+    def _rule_event(self, session: Session, msg: RuleEventMessage, received_at: datetime) -> Outcome:
+        """Rule events are kept as alerts only (the starts); the others just count as received."""
+        device, created = self._device(session, msg.device_id, received_at)
+        if session.scalar(select(Alert.id).where(Alert.message_id == msg.id)) is not None:
+            return Outcome(duplicate=True)
+        alert = self._alert(session, msg, received_at)
+        return Outcome(device=DeviceOut.of(device) if created else None, alert=alert)
 
     def _camera_health(self, session: Session, msg: CameraHealthMessage, received_at: datetime) -> Outcome:
         device, created = self._device(session, msg.device_id, received_at)
@@ -244,7 +268,8 @@ class Store:
         )
         if row_id is None:
             return Outcome(duplicate=True)
-        return Outcome(device=DeviceOut.of(device) if created else None)
+        alert = self._alert(session, msg, received_at)
+        return Outcome(device=DeviceOut.of(device) if created else None, alert=alert)
 
     def _health(self, session: Session, msg: HealthMessage, received_at: datetime) -> Outcome:
         device, _ = self._device(session, msg.device_id, received_at)

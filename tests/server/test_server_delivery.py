@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -15,12 +15,11 @@ import pytest
 
 from polewatch.fleet_server.delivery import GapOut, missing_runs, split_gaps
 from polewatch.protocol import (
-    Box,
+    CommandAck,
     GivenUp,
     GivenUpRange,
     OutboxStatus,
     Presence,
-    RuleEvent,
     V1Message,
     build,
     encode,
@@ -167,18 +166,8 @@ async def test_a_kind_the_server_does_not_store_still_counts_as_received(
     mosquitto_broker: BrokerProcess, tmp_path: Path
 ) -> None:
     db = tmp_path / "fleet.db"
-    rule = RuleEvent(
-        camera_id="cam1",
-        rule_id="door",
-        rule_type="zone",
-        event="enter",
-        event_id="t1",
-        label="person",
-        box=Box(x1=0.1, y1=0.1, x2=0.2, y2=0.2),
-        frame_time=datetime.now(timezone.utc),
-        frame_width=640,
-        frame_height=480,
-    )
+    # command_ack: a v1 kind this server does not store (yet); rule events are stored now, as alerts.
+    rule = CommandAck(command_id="cmd-1", name="restart_camera", status="done")
     async with live_server(settings_for(mosquitto_broker, db)) as base, pole(mosquitto_broker, DEVICE) as pc:
         await pc.send(_detection(0))
         await pc.send(build(rule, device_id=DEVICE, seq=1))

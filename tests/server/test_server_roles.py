@@ -72,7 +72,9 @@ async def test_routes_by_roles(database: str) -> None:
     user_id = add_user(database, "matrix-user", "viewer")
     app = create_app(settings_for(None, database), run_ingest=False)
     routes = _routes(app)
-    samples = {"device_id": "pole-a", "user_id": str(user_id), "token_id": "999"}
+    samples = {
+        "device_id": "pole-a", "user_id": str(user_id), "token_id": "999", "alert_id": "999", "delivery_id": "999",
+    }  # fmt: skip
 
     results: dict[tuple[str, str], dict[str, int]] = {}
     async with live_server(settings_for(None, database)) as base, httpx.AsyncClient(base_url=base, timeout=20) as http:
