@@ -7,7 +7,7 @@ feed is loop-bound); the database work runs in a worker thread like every other 
 from __future__ import annotations
 
 from datetime import datetime, timezone
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, HTTPException, Path, Query, Request
 from sqlalchemy import select
@@ -26,6 +26,8 @@ from .alert_schemas import (
     AlertOut,
     AlertPage,
     AssignIn,
+    DeliveryOut,
+    DeliveryPage,
     RoutingRuleIn,
     RoutingRuleOut,
     RoutingRulePage,
@@ -37,7 +39,7 @@ from .api import DENIED, ERRORS, rule
 from .audit import Actor, record
 from .auth import client_address, principal
 from .feed import FeedItem
-from .models import Agency, Alert, AlertStep, RoutingRule
+from .models import Agency, Alert, AlertStep, Delivery, RoutingRule
 from .pagination import MAX_ROW_ID, IdCursor, Limit, int_cursor, split
 from .roles import Permission
 from .schemas import ErrorOut
@@ -100,6 +102,8 @@ async def _step(request: Request, svc: Services, alert_id: int, step: str, body:
     actor = principal(request).actor(client_address(request))
     out = await run_in_threadpool(_advance, svc, alert_id, step, actor, body)
     svc.feed.publish(FeedItem("alert", out.model_dump(mode="json"), out.step.id))
+    if step == "assign":
+        request.app.state.dispatcher.wake()
     return out
 
 
@@ -191,4 +195,54 @@ def add_routing_rule(body: RoutingRuleIn, request: Request, svc: ServicesDep) ->
         session.flush()
         out = RoutingRuleOut.of(row)
         record(session, actor, "routing_rule.create", "routing_rule", row.id, after=out.model_dump(mode="json"))
+    return out
+
+
+# --- deliveries and the dead-letter list -------------------------------------------------------------
+
+
+@router.get("/alert-deliveries", tags=["routing"], summary="Webhook deliveries, newest first; state=dead: dead letters",
+            dependencies=rule(Permission.ALERTS_READ))  # fmt: skip
+def list_deliveries(
+    svc: ServicesDep,
+    state: Annotated[Literal["pending", "delivered", "dead"] | None, Query(description="Only this state.")] = None,
+    limit: Limit = 50,
+    cursor: IdCursor = None,
+) -> DeliveryPage:
+    before = int_cursor(cursor)
+    q = select(Delivery).order_by(Delivery.id.desc()).limit(limit + 1)
+    if state is not None:
+        q = q.where(Delivery.state == state)
+    if before is not None:
+        q = q.where(Delivery.id < before)
+    with svc.sessions() as session:
+        rows, more = split(list(session.scalars(q)), limit)
+        return DeliveryPage(items=[DeliveryOut.of(r) for r in rows], next=str(rows[-1].id) if more and rows else None)
+
+
+def _retry(svc: Services, delivery_id: int, actor: Actor) -> DeliveryOut:
+    now = datetime.now(timezone.utc)
+    with svc.sessions.begin() as session:
+        row = session.get(Delivery, delivery_id, with_for_update=True)
+        if row is None:
+            raise HTTPException(status_code=404, detail=f"no delivery {delivery_id}")
+        if row.state != "dead":
+            detail = f"delivery {delivery_id} is {row.state}: only dead ones are retried"
+            raise HTTPException(status_code=409, detail=detail)
+        before = {"state": row.state, "attempts": row.attempts, "last_error": row.last_error}
+        row.state, row.attempts, row.next_attempt_at, row.updated_at = "pending", 0, now, now
+        record(session, actor, "delivery.retry", "delivery", row.id, before=before, after={"state": "pending"})
+        return DeliveryOut.of(row)
+
+
+@router.post("/alert-deliveries/{delivery_id}/retry", tags=["routing"], summary="Send a dead delivery again",
+             dependencies=rule(Permission.ALERTS_HANDLE),
+             responses={404: {"model": ErrorOut, "description": "No such delivery."},
+                        409: {"model": ErrorOut, "description": "The delivery is not dead."}})  # fmt: skip
+async def retry_delivery(
+    delivery_id: Annotated[int, Path(ge=1, le=MAX_ROW_ID)], request: Request, svc: ServicesDep
+) -> DeliveryOut:
+    actor = principal(request).actor(client_address(request))
+    out = await run_in_threadpool(_retry, svc, delivery_id, actor)
+    request.app.state.dispatcher.wake()
     return out

@@ -31,6 +31,7 @@ from .login_limits import LoginLimits
 from .services import Services
 from .settings import Settings
 from .store import Store
+from .webhooks import Dispatcher
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +62,8 @@ def create_app(settings: Settings | None = None, *, run_ingest: bool = True, mig
         settings=settings, engine=engine, sessions=sessions, store=store, feed=feed, ingest=ingest, login_limits=limits
     )
 
+    dispatcher = Dispatcher(settings, sessions)
+
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         if migrate:
@@ -70,10 +73,14 @@ def create_app(settings: Settings | None = None, *, run_ingest: bool = True, mig
             extra={"database": safe_url(settings.database_url), "ingest": run_ingest, "version": __version__},
         )
         task = asyncio.create_task(ingest.run(), name="mqtt-ingest") if run_ingest else None
+        deliveries = asyncio.create_task(dispatcher.run(), name="alert-deliveries")
         try:
             yield
         finally:
             feed.close()
+            deliveries.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await deliveries
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -89,6 +96,7 @@ def create_app(settings: Settings | None = None, *, run_ingest: bool = True, mig
         lifespan=lifespan,
     )
     app.state.services = services
+    app.state.dispatcher = dispatcher
     for router in ROUTERS:
         app.include_router(router)
 
