@@ -36,6 +36,29 @@ def waiting(outbox: OutboxStatus) -> int:
     return p.telemetry + p.snapshot + p.health_event + p.alert + outbox.held_in_memory
 
 
+def camera_status(cam: FrameSource) -> CameraStatus:
+    now = time.monotonic()
+    expected = cam.expected_fps
+    error = cam.last_error if cam.state != "connected" else None
+    return CameraStatus(
+        camera_id=cam.camera_id,
+        connected=cam.connected,
+        fps=round(cam.fps(), 2),
+        frames_dropped=cam.frames_dropped,
+        width=cam.width,
+        height=cam.height,
+        source=cam.kind,
+        state=cam.state,
+        expected_fps=None if expected is None else round(expected, 2),
+        reconnects=cam.reconnects,
+        reconnects_1h=cam.reconnect_log.count(now),
+        stalls_1h=cam.stall_log.count(now),
+        quality=cam.quality(),
+        error=None if error is None else error.reason[:40],
+        error_detail=None if error is None else error.detail[:300],
+    )
+
+
 class HealthProbe:
     def __init__(self, agent_version: str, state_dir: Path) -> None:
         self.agent_version = agent_version
@@ -51,6 +74,7 @@ class HealthProbe:
         inference_ms: float | None,
         detect_fps: float | None,
         outbox: OutboxStatus,
+        provider: str | None = None,
         clock: ClockStatus | None = None,
         config_version: int | None = None,
     ) -> Health:
@@ -65,19 +89,10 @@ class HealthProbe:
             disk_percent=disk.percent,
             disk_free_bytes=disk.free,
             temperature_c=soc_temperature(),
-            cameras=[
-                CameraStatus(
-                    camera_id=cam.camera_id,
-                    connected=cam.connected,
-                    fps=round(cam.fps(), 2),
-                    frames_dropped=cam.frames_dropped,
-                    width=cam.width,
-                    height=cam.height,
-                )
-                for cam in cameras
-            ],
+            cameras=[camera_status(cam) for cam in cameras],
             inference_ms=None if inference_ms is None else round(inference_ms, 2),
             detect_fps=None if detect_fps is None else round(detect_fps, 2),
+            provider=provider,
             outbox_pending=waiting(outbox),
             outbox=outbox,
             clock=clock,

@@ -10,6 +10,7 @@ rules run right after its tracker, on the same frame.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import logging
 import time
@@ -23,7 +24,7 @@ import cv2
 from pydantic import BaseModel
 
 from polewatch import __version__
-from polewatch.protocol import Box, CameraHealth, Detection, LineCounts, RuleEvent
+from polewatch.protocol import Body, Box, CameraHealth, Detection, LineCounts, RuleEvent, Snapshot
 from polewatch.protocol.commands import RestartCameraArgs, SetLogLevelArgs, SnapshotArgs
 
 from .capture.camera_health import CameraHealthChange, CameraHealthChecker
@@ -34,7 +35,10 @@ from .config import AgentConfig, CameraConfig
 from .health import HealthProbe
 from .inference.detector import Detection as Found
 from .inference.detector import Detector, load_detector
+from .inference.events import EventLifecycle, EventMessage, Phase, Picture
+from .inference.motion import MotionGatedDetector, MotionSettings
 from .inference.rules import RuleEngine, RuleHit
+from .inference.snapshot import Redaction, redact, snapshot_jpeg
 from .inference.tracker import IouTracker, TrackUpdate
 from .remote_config import ConfigRefused, RemoteConfigStore, effective_config
 from .snapshot import write_snapshot
@@ -120,6 +124,44 @@ def rule_event(
     )
 
 
+def redaction_for(camera: CameraConfig, width: int, height: int) -> Redaction:
+    privacy = camera.privacy
+    return Redaction.from_polygons(
+        privacy.masks,
+        (width, height),
+        normalised=privacy.units == "normalised",
+        blur_labels=privacy.blur_labels,
+        blur_part=privacy.blur_part,
+    )
+
+
+def snapshot_body(camera: CameraConfig, event_id: str, phase: Phase, label: str, picture: Picture) -> Snapshot:
+    """Redact and encode an event's picture: the one way a frame's pixels become a message."""
+    height, width = picture.image.shape[:2]
+    settings = camera.snapshots
+    data, jpeg_width, jpeg_height, done = snapshot_jpeg(
+        picture.image,
+        picture.detections,
+        redaction_for(camera, width, height),
+        max_bytes=settings.max_bytes,
+        max_width=settings.max_width,
+        quality=settings.quality,
+    )
+    return Snapshot(
+        camera_id=camera.id,
+        event_id=event_id,
+        phase=phase,
+        label=label,
+        score=round(min(max(picture.score, 0.0), 1.0), 4),
+        box=_box(picture.box, width, height),
+        frame_time=datetime.fromtimestamp(picture.wall_time, timezone.utc),
+        width=jpeg_width,
+        height=jpeg_height,
+        jpeg=base64.b64encode(data).decode("ascii"),
+        redactions=done,
+    )
+
+
 class RateMeter:
     """Events per second over a sliding window, for the health report."""
 
@@ -151,15 +193,40 @@ class CameraWorker:
     camera: the others keep their tracks, their counters and their health state.
     """
 
-    def __init__(self, config: CameraConfig) -> None:
+    def __init__(self, config: CameraConfig, detector: Detector) -> None:
         self.config = config
-        self.source = FrameSource(config.id, config.url, loop=config.loop)
+        self.source = FrameSource(
+            config.id,
+            config.url,
+            loop=config.loop,
+            transport=config.transport,
+            stall_timeout_s=config.stall_timeout_s,
+            failed_after_s=config.failed_after_s,
+            expected_fps=config.health.low_fps.expected_fps,
+        )
         self.checker = (
             CameraHealthChecker(config.id, config.health, reference=load_reference(config))
             if config.health.enabled
             else None
         )
+        self.detector: Detector | MotionGatedDetector = detector
+        self.use_detector(detector)
         self.tasks: list[asyncio.Task[None]] = []
+
+    def use_detector(self, detector: Detector) -> None:
+        """The shared detector, behind this camera's own motion gate where it has one (the gate holds the
+        camera's background, so it is never shared)."""
+        motion = self.config.motion
+        if not motion.enabled:
+            self.detector = detector
+        elif isinstance(self.detector, MotionGatedDetector):
+            self.detector.detector = detector
+        else:
+            self.detector = MotionGatedDetector(
+                detector,
+                MotionSettings(width=motion.width, threshold=motion.threshold, min_area=motion.min_area,
+                               recheck_s=motion.recheck_s, alpha=motion.alpha),
+            )
 
     @property
     def camera_id(self) -> str:
@@ -177,8 +244,9 @@ class Agent:
         self.outbox = Outbox(config.state_dir / "outbox.db", config.device_id, config=config.outbox)
         self._fixed_detector = detector
         self.detector = detector or self._load_detector(config)
-        self.cameras: dict[str, CameraWorker] = {cam.id: CameraWorker(cam) for cam in config.cameras}
+        self.cameras: dict[str, CameraWorker] = {cam.id: CameraWorker(cam, self.detector) for cam in config.cameras}
         self.downlink = Downlink(config.device_id, self.local_config, self, self.outbox, store=self.remote)
+        self.snapshots_accepted = 0
         self.uplink = Uplink(
             config.mqtt,
             self.outbox,
@@ -226,6 +294,7 @@ class Agent:
             score_threshold=config.detect.score_threshold,
             labels=config.detect.labels,
             threads=config.detect.threads,
+            class_agnostic=config.detect.nms == "agnostic",
         )
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -315,7 +384,7 @@ class Agent:
         old = self.cameras.get(config.id)
         if old is not None:
             await self._stop_camera(old)
-        worker = CameraWorker(config)
+        worker = CameraWorker(config, self.detector)
         self.cameras[config.id] = worker
         self._start_camera(worker)
 
@@ -328,13 +397,19 @@ class Agent:
         """
         old = self.config
         changed: list[str] = []
-        if self._fixed_detector is None and old.detect.model_dump(exclude={"fps"}) != config.detect.model_dump(
-            exclude={"fps"}
+        loop_settings = {"fps", "update_every_s"}  # read by the camera loops, not the model
+        if self._fixed_detector is None and old.detect.model_dump(exclude=loop_settings) != config.detect.model_dump(
+            exclude=loop_settings
         ):
             self.detector = await asyncio.to_thread(self._load_detector, config)
+            for worker in self.cameras.values():
+                worker.use_detector(self.detector)
             changed.append("detector")
         if old.detect.fps != config.detect.fps:
             changed.append("detect.fps")  # the detect loops read it on every frame
+        restart_all = old.detect.update_every_s != config.detect.update_every_s  # read when a camera starts
+        if restart_all:
+            changed.append("detect.update_every_s")
         self.config = config
         new_cameras = {cam.id: cam for cam in config.cameras}
         for cid in [c for c in self.cameras if c not in new_cameras]:
@@ -343,7 +418,7 @@ class Agent:
         self._ensure_workers(len(new_cameras))
         for cid, cam in new_cameras.items():
             current = self.cameras.get(cid)
-            if current is not None and current.config == cam:
+            if current is not None and current.config == cam and not restart_all:
                 continue
             await self._restart_camera(cam)
             changed.append(f"camera {cid} {'added' if current is None else 'restarted'}")
@@ -368,9 +443,13 @@ class Agent:
             frame = await asyncio.to_thread(worker.source.latest, 0, SNAPSHOT_WAIT_S)
             if frame is None:
                 raise RuntimeError(f"camera {args.camera_id} delivered no frame within {SNAPSHOT_WAIT_S:g} s")
+            # The same privacy as an event's snapshot: masks black, people blurred, before the file exists.
+            detections = await asyncio.to_thread(self.detector.detect, frame.image)
+            height, width = frame.image.shape[:2]
+            redacted, _ = redact(frame.image, detections, redaction_for(worker.config, width, height))
             return await asyncio.to_thread(
                 write_snapshot, frame, args.camera_id, self.config.state_dir / "snapshots", command_id,
-                max_width=args.max_width, quality=args.quality,
+                max_width=args.max_width, quality=args.quality, image=redacted,
             )
         if isinstance(args, SetLogLevelArgs):
             root = logging.getLogger()
@@ -388,7 +467,10 @@ class Agent:
 
     async def _watch(self, source: FrameSource) -> None:
         tracker = IouTracker()
-        rules = RuleEngine(self.cameras[source.camera_id].config.rules)
+        worker = self.cameras[source.camera_id]
+        camera = worker.config
+        events = EventLifecycle(self.config.detect.update_every_s, snapshots=camera.snapshots.enabled)
+        rules = RuleEngine(camera.rules)
         counts_since = datetime.now(timezone.utc)  # the line counters start now: say so in every count
         last_index = 0
         next_due = time.monotonic()
@@ -398,15 +480,24 @@ class Agent:
                 # No picture: let tracks of a dead camera end instead of hanging open.
                 now = time.monotonic()
                 update = tracker.update([], now)
-                await self._emit(source, update, None)
+                await self._emit(source, events.step(update, now), None)
                 await self._run_rules(source, rules, update, None, None, now, counts_since)
                 continue
             last_index = frame.index
             interval = 1.0 / self.config.detect.fps  # read per frame: a config document may change it
-            detections = await asyncio.to_thread(self.detector.detect, frame.image)
+            detector = worker.detector  # read per frame: a config document may reload the model
+            try:
+                if isinstance(detector, MotionGatedDetector):
+                    detections = await asyncio.to_thread(detector.detect, frame.image, frame.mono_time)
+                else:
+                    detections = await asyncio.to_thread(detector.detect, frame.image)
+            except Exception:  # a frame the model cannot take costs that frame, never the camera or the agent
+                log.exception("detection failed on a frame", extra={"camera": source.camera_id})
+                continue
             self.detect_rate.tick(time.monotonic())
             update = tracker.update(detections, frame.mono_time)
-            await self._emit(source, update, frame)
+            messages = events.step(update, frame.mono_time, frame.image, detections, frame.wall_time)
+            await self._emit(source, messages, frame)
             await self._run_rules(source, rules, update, detections, frame, frame.mono_time, counts_since)
             next_due = max(next_due + interval, time.monotonic() - interval)
             await asyncio.sleep(max(0.0, next_due - time.monotonic()))
@@ -450,29 +541,47 @@ class Agent:
             )
         self.uplink.notify()
 
-    async def _emit(self, source: FrameSource, update: TrackUpdate, frame: Frame | None) -> None:
-        started, ended = update.started, update.ended
-        if not started and not ended:
+    async def _emit(self, source: FrameSource, messages: list[EventMessage], frame: Frame | None) -> None:
+        """Detection messages of one frame, each followed by its snapshot when it brings a better one."""
+        if not messages:
             return
         width, height = source.width or 1, source.height or 1
         frame_time = datetime.fromtimestamp(frame.wall_time if frame else time.time(), timezone.utc)
-        bodies = [
-            Detection(
-                event_id=track.id,
-                phase="start" if phase == "start" else "end",
-                camera_id=source.camera_id,
-                label=track.label,
-                score=round(track.best_score, 4),
-                box=_box(track.box, width, height),
-                frame_time=frame_time,
-                frame_width=width,
-                frame_height=height,
+        camera = self.cameras[source.camera_id].config
+        bodies: list[Body] = []
+        for message in messages:
+            track = message.track
+            bodies.append(
+                Detection(
+                    event_id=track.id,
+                    phase=message.phase,
+                    camera_id=source.camera_id,
+                    label=track.label,
+                    score=round(track.best_score, 4),
+                    box=_box(track.box, width, height),
+                    frame_time=frame_time,
+                    frame_width=width,
+                    frame_height=height,
+                )
             )
-            for phase, tracks in (("start", started), ("end", ended))
-            for track in tracks
-        ]
+            if message.picture is not None:
+                try:
+                    # Redaction and JPEG encoding cost ~5-10 ms: off the event loop.
+                    bodies.append(
+                        await asyncio.to_thread(
+                            snapshot_body, camera, track.id, message.phase, track.label, message.picture
+                        )
+                    )
+                except Exception:  # a picture that cannot be made must not cost the event itself
+                    log.exception("snapshot failed", extra={"camera": source.camera_id, "event_id": track.id})
         # One call, one commit for everything this frame produced.
         for accepted, body in zip(await self.outbox.put_many(bodies), bodies, strict=True):
+            if isinstance(body, Snapshot):
+                self.snapshots_accepted += 1
+                log.debug("snapshot accepted", extra={"message_id": accepted.id, "event_id": body.event_id,
+                                                      "bytes": len(body.jpeg) * 3 // 4})
+                continue
+            assert isinstance(body, Detection)
             self.events_accepted += 1
             fields = {"message_id": accepted.id, "seq": accepted.seq, "event_id": body.event_id,
                       "phase": body.phase, "label": body.label}
@@ -533,6 +642,7 @@ class Agent:
                 inference_ms=self.detector.mean_inference_ms,
                 detect_fps=self.detect_rate.rate(now),
                 outbox=await asyncio.to_thread(self.outbox.status),
+                provider=self.detector.provider,
                 clock=await asyncio.to_thread(self.clock.status),
                 config_version=self.remote.applied_version,
             )

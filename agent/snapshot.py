@@ -13,6 +13,7 @@ from typing import Any
 
 import cv2
 
+from .capture.frame_metrics import Image
 from .capture.source import Frame
 from .state_files import write_atomic
 
@@ -20,10 +21,17 @@ KEEP = 50
 
 
 def write_snapshot(
-    frame: Frame, camera_id: str, directory: Path, name: str, *, max_width: int | None = None, quality: int = 85
+    frame: Frame,
+    camera_id: str,
+    directory: Path,
+    name: str,
+    *,
+    max_width: int | None = None,
+    quality: int = 85,
+    image: Image | None = None,
 ) -> dict[str, Any]:
-    """Encode and store one frame; returns what the command's acknowledgement reports."""
-    image = frame.image
+    """Encode and store one frame (or `image`, its redacted copy); returns what the acknowledgement reports."""
+    image = frame.image if image is None else image
     height, width = int(image.shape[0]), int(image.shape[1])
     if max_width is not None and width > max_width:
         height = max(1, round(height * max_width / width))

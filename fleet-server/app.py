@@ -22,7 +22,7 @@ from starlette.concurrency import run_in_threadpool
 
 from polewatch import __version__
 
-from . import alerts_api, alerts_stream, api, delivery, errors, people_api, stream
+from . import alerts_api, alerts_stream, api, config_api, delivery, errors, people_api, stream
 from .auth import COOKIE, PUBLIC, authenticate, unruled_routes
 from .db import make_engine, make_sessionmaker, safe_url, upgrade
 from .feed import Feed
@@ -39,7 +39,7 @@ STATIC_DIR = Path(__file__).resolve().parent / "static"
 SHUTDOWN_GRACE_S = 5
 # Every router of the app; the access-rule check and the role-matrix test read their routes here.
 ROUTERS = (
-    api.router, delivery.router, stream.router, people_api.router, api.health_router,
+    api.router, delivery.router, stream.router, people_api.router, config_api.router, api.health_router,
     alerts_stream.router,  # before alerts_api: /api/alerts/stream is not an /api/alerts/{alert_id}
     alerts_api.router,
 )  # fmt: skip

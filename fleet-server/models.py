@@ -323,6 +323,127 @@ class AuditEntry(Base):
     client: Mapped[str | None] = mapped_column(String(64), doc="The client's address, when over HTTP.")
 
 
+# --- configuration (fleet -> group -> device documents) and commands ------------------------------
+
+
+class ConfigLayer(Base):
+    """One version of one configuration layer: the fleet's, a group's or a device's document.
+
+    A change never edits a row: it adds the next version, so the history is the table and a
+    rollback is a new version carrying an earlier one's document.
+    """
+
+    __tablename__ = "config_layers"
+    __table_args__ = (
+        UniqueConstraint("scope", "target", "version", name="uq_config_layers_version"),
+        Index("ix_config_layers_scope_target_id", "scope", "target", "id"),
+        {"sqlite_autoincrement": True},
+    )
+
+    id: Mapped[int] = mapped_column(RowId, primary_key=True, autoincrement=True)
+    scope: Mapped[str] = mapped_column(String(8), doc="fleet, group or device.")
+    target: Mapped[str] = mapped_column(String(64), doc="The group or device id; empty for the fleet.")
+    version: Mapped[int] = mapped_column(Integer())
+    document: Mapped[dict[str, Any]] = mapped_column(JsonDoc)
+    comment: Mapped[str | None] = mapped_column(String(500))
+    rolled_back_from: Mapped[int | None] = mapped_column(Integer(), doc="Rollback: the version it copies.")
+    created_by: Mapped[str] = mapped_column(String(120))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
+class ConfigGroupMember(Base):
+    """Which configuration group a device is in (one at most): the group layer it takes."""
+
+    __tablename__ = "config_group_members"
+    __table_args__ = (Index("ix_config_group_members_group_name", "group_name", "device_id"),)
+
+    device_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    group_name: Mapped[str] = mapped_column(String(64))
+
+
+class DeviceConfig(Base):
+    """Per device: the effective document last computed and published, and what the box said of it."""
+
+    __tablename__ = "device_configs"
+
+    device_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    desired_version: Mapped[int] = mapped_column(Integer(), doc="Only goes up; the version the box is sent.")
+    document: Mapped[dict[str, Any]] = mapped_column(JsonDoc, doc="The effective (merged) document.")
+    computed_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    published_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), doc="Null: not on the broker yet.")
+    publish_error: Mapped[str | None] = mapped_column(String(300))
+    down_seq: Mapped[int] = mapped_column(BigInteger(), doc="The server's counter of down messages to this box.")
+    applied_version: Mapped[int | None] = mapped_column(Integer(), doc="Per the box's newest config report.")
+    report_version: Mapped[int | None] = mapped_column(Integer(), doc="The version the newest report is about.")
+    report_status: Mapped[str | None] = mapped_column(String(8))
+    report_sent_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    refusal_version: Mapped[int | None] = mapped_column(Integer())
+    refusal_reason: Mapped[str | None] = mapped_column(String(2000))
+    refusal_field: Mapped[str | None] = mapped_column(String(200))
+    refusal_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+
+
+class ConfigReportRow(Base):
+    """Every config_report message a box sent: applied or refused, and why."""
+
+    __tablename__ = "config_reports"
+    __table_args__ = (Index("ix_config_reports_device_id_id", "device_id", "id"), {"sqlite_autoincrement": True})
+
+    id: Mapped[int] = mapped_column(RowId, primary_key=True, autoincrement=True)
+    message_id: Mapped[str] = mapped_column(String(36), unique=True)
+    device_id: Mapped[str] = mapped_column(String(64), ForeignKey("devices.device_id"))
+    seq: Mapped[int] = mapped_column(BigInteger())
+    version: Mapped[int] = mapped_column(Integer())
+    status: Mapped[str] = mapped_column(String(8))
+    reason: Mapped[str | None] = mapped_column(String(2000))
+    field: Mapped[str | None] = mapped_column(String(200))
+    applied_version: Mapped[int | None] = mapped_column(Integer())
+    changed: Mapped[list[str]] = mapped_column(JsonDoc)
+    sent_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    received_at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
+class DeviceCommand(Base):
+    """A command sent to a box, and its outcome from the box's newest ack."""
+
+    __tablename__ = "device_commands"
+    __table_args__ = (Index("ix_device_commands_device_id_id", "device_id", "id"), {"sqlite_autoincrement": True})
+
+    id: Mapped[int] = mapped_column(RowId, primary_key=True, autoincrement=True)
+    command_id: Mapped[str] = mapped_column(String(80), unique=True)
+    device_id: Mapped[str] = mapped_column(String(64))
+    name: Mapped[str] = mapped_column(String(64))
+    args: Mapped[dict[str, Any]] = mapped_column(JsonDoc)
+    expires_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    created_by: Mapped[str] = mapped_column(String(120))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    published_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    publish_error: Mapped[str | None] = mapped_column(String(300))
+    status: Mapped[str] = mapped_column(String(8), doc="sent (no ack yet), done, refused or failed.")
+    reason: Mapped[str | None] = mapped_column(String(2000))
+    result: Mapped[dict[str, Any] | None] = mapped_column(JsonDoc)
+    acked_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+
+
+class CommandAckRow(Base):
+    """Every command_ack message (a repeated ack is a row too: it shows the box was asked again)."""
+
+    __tablename__ = "command_acks"
+    __table_args__ = (Index("ix_command_acks_device_id_id", "device_id", "id"),)
+
+    id: Mapped[int] = mapped_column(RowId, primary_key=True, autoincrement=True)
+    message_id: Mapped[str] = mapped_column(String(36), unique=True)
+    device_id: Mapped[str] = mapped_column(String(64), ForeignKey("devices.device_id"))
+    seq: Mapped[int] = mapped_column(BigInteger())
+    command_id: Mapped[str] = mapped_column(String(80))
+    status: Mapped[str] = mapped_column(String(8))
+    reason: Mapped[str | None] = mapped_column(String(2000))
+    result: Mapped[dict[str, Any] | None] = mapped_column(JsonDoc)
+    repeated: Mapped[bool] = mapped_column(Boolean())
+    sent_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    received_at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
 # --- alerts for the command centre -------------------------------------------------------------------
 
 

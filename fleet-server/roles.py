@@ -25,6 +25,8 @@ class Permission(str, Enum):
     USERS_MANAGE = "users:manage"  # people: create, change role or sites, disable
     TOKENS_MANAGE = "tokens:manage"  # machines' API tokens: create, revoke
     AUDIT_READ = "audit:read"
+    CONFIG_WRITE = "config:write"  # configuration documents, groups, rollback, publish
+    COMMANDS_SEND = "commands:send"  # restart a camera, take a snapshot, set the log level
     ALERTS_READ = "alerts:read"  # alerts, their steps, the alert stream, agencies, deliveries
     ALERTS_HANDLE = "alerts:handle"  # acknowledge, assign, resolve, false alarm; retry a delivery
     ROUTING_MANAGE = "routing:manage"  # agencies and routing rules
@@ -35,7 +37,8 @@ _EVERYONE = frozenset({Permission.FLEET_READ, Permission.SELF})
 
 GRANTS: dict[Role, frozenset[Permission]] = {
     "admin": frozenset(Permission),
-    "ops": _EVERYONE | {Permission.INGEST_READ, Permission.ALERTS_READ},
+    "ops": _EVERYONE
+    | {Permission.INGEST_READ, Permission.CONFIG_WRITE, Permission.COMMANDS_SEND, Permission.ALERTS_READ},
     "technician": _EVERYONE,
     "operator": _EVERYONE | {Permission.ALERTS_READ, Permission.ALERTS_HANDLE, Permission.ROUTING_MANAGE},
     "viewer": _EVERYONE | {Permission.ALERTS_READ},

@@ -31,6 +31,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from polewatch.protocol import (
     CameraHealthMessage,
+    CommandAckMessage,
+    ConfigReportMessage,
     DetectionMessage,
     GivenUpMessage,
     HealthMessage,
@@ -39,7 +41,7 @@ from polewatch.protocol import (
     V1Message,
 )
 
-from . import alerts
+from . import alerts, config_store
 from .alert_schemas import AlertChangeOut, AlertOut, StepOut
 from .models import (
     Alert,
@@ -158,6 +160,12 @@ class Store:
             return self._rule_event(session, message, item.received_at)
         if isinstance(message, PresenceMessage):
             return self._presence(session, message, item.received_at)
+        if isinstance(message, ConfigReportMessage | CommandAckMessage):
+            device, created = self._device(session, message.device_id, item.received_at)
+            keep = config_store.config_report if isinstance(message, ConfigReportMessage) else config_store.command_ack
+            if not keep(session, message, item.received_at, _insert_ignore):  # type: ignore[arg-type]
+                return Outcome(duplicate=True)
+            return Outcome(device=DeviceOut.of(device) if created else None)
         raise TypeError(f"no store for {message.kind} messages")  # the ingest marks those seq_only
 
     def _given_up(self, session: Session, msg: GivenUpMessage, received_at: datetime) -> Outcome:

@@ -11,6 +11,7 @@ server. Removing or retyping a field is a new schema version (and a new topic pr
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 from collections.abc import Collection
@@ -62,12 +63,35 @@ class Presence(Body):
 
 
 class CameraStatus(Body):
+    """One camera's connection. Fields after `height` came with the capture work (issue 3): older
+    agents leave them out."""
+
     camera_id: str
     connected: bool
     fps: float = Field(ge=0, description="Frames per second actually delivered by the camera.")
     frames_dropped: int = Field(default=0, ge=0, description="Frames skipped to stay on the latest one.")
     width: int | None = None
     height: int | None = None
+    source: Literal["rtsp", "http", "file", "v4l2"] | None = Field(default=None, description="What kind of source.")
+    state: Literal["connecting", "connected", "reconnecting", "failed", "ended"] | None = Field(
+        default=None,
+        description="connecting: never connected yet; reconnecting: lost, retrying; failed: cannot connect for "
+        "a reason waiting will not fix (credentials, path, device) or for longer than the camera's "
+        "failed_after_s (the agent still retries); ended: a video file played once.",
+    )
+    expected_fps: float | None = Field(
+        default=None, ge=0, description="What the camera should deliver: configured, else what the stream announces."
+    )
+    reconnects: int = Field(default=0, ge=0, description="Reconnections since the agent started.")
+    reconnects_1h: int = Field(default=0, ge=0, description="Reconnections in the last hour.")
+    stalls_1h: int = Field(default=0, ge=0, description="Stalls (no frame for stall_timeout_s) in the last hour.")
+    quality: Literal["good", "fair", "poor", "down"] | None = Field(
+        default=None, description="Connection grade from fps vs expected and interruptions in the last hour."
+    )
+    error: str | None = Field(
+        default=None, max_length=40, description="Why it is not connected: unauthorized, refused, timeout, ..."
+    )
+    error_detail: str | None = Field(default=None, max_length=300, description="The same in words.")
 
 
 class PriorityCounts(Body):
@@ -159,6 +183,9 @@ class Health(Body):
     cameras: list[CameraStatus] = Field(default_factory=list)
     inference_ms: float | None = Field(default=None, ge=0, description="Mean detector time per frame.")
     detect_fps: float | None = Field(default=None, ge=0, description="Frames per second run through detection.")
+    provider: str | None = Field(
+        default=None, max_length=64, description="The onnxruntime execution provider the detector runs on."
+    )
     outbox_pending: int = Field(default=0, ge=0, description="Messages on disk waiting for the broker.")
     outbox: OutboxStatus | None = Field(default=None, description="Details of the outbox; older agents leave it out.")
     clock: ClockStatus | None = Field(default=None, description="Wall-clock trust; older agents leave it out.")
@@ -194,6 +221,49 @@ class Detection(Body):
     frame_time: AwareDatetime
     frame_width: int = Field(gt=0)
     frame_height: int = Field(gt=0)
+
+
+# A snapshot's JPEG, base64: 1 MiB of picture at most (the agent caps its own far lower).
+MAX_SNAPSHOT_BYTES = 1024 * 1024
+
+
+class Snapshot(Body):
+    """The best picture of one detection event (highest score so far), redacted on the box.
+
+    Sent with the event's start, with an update when a better picture was seen, and with its end when
+    the end brings a better one; the newest snapshot of an `event_id` is its best. Privacy masks are
+    blacked out and the configured labels (people by default) blurred before the JPEG is encoded:
+    `redactions` says what was done, so the command centre can tell a redacted picture from a raw one.
+    """
+
+    camera_id: str = Field(min_length=1, max_length=64)
+    event_id: str = Field(min_length=1, max_length=80)
+    phase: Literal["start", "update", "end"] = Field(description="The detection message it goes with.")
+    label: str = Field(min_length=1, max_length=64)
+    score: float = Field(ge=0, le=1, description="The detector's score on this very frame.")
+    box: Box = Field(description="The object in this picture, normalised.")
+    frame_time: AwareDatetime = Field(description="When the pictured frame was decoded.")
+    width: int = Field(gt=0, description="JPEG width (the frame may have been scaled down).")
+    height: int = Field(gt=0)
+    jpeg: str = Field(
+        min_length=4, max_length=(MAX_SNAPSHOT_BYTES * 4) // 3 + 4, description="The JPEG, standard base64."
+    )
+    redactions: list[str] = Field(
+        default_factory=list, description="What was hidden: 'masks' (privacy polygons), 'blur:<label>'."
+    )
+
+    @model_validator(mode="after")
+    def _is_jpeg(self) -> Snapshot:
+        try:
+            data = base64.b64decode(self.jpeg, validate=True)
+        except ValueError as exc:
+            raise ValueError(f"jpeg is not base64: {exc}") from None
+        if not data.startswith(b"\xff\xd8"):
+            raise ValueError("jpeg does not hold a JPEG picture (no SOI marker)")
+        return self
+
+    def jpeg_bytes(self) -> bytes:
+        return base64.b64decode(self.jpeg)
 
 
 class CameraHealth(Body):
@@ -413,6 +483,11 @@ class RuleEventMessage(_Envelope):
     body: RuleEvent
 
 
+class SnapshotMessage(_Envelope):
+    kind: Literal["snapshot"] = "snapshot"
+    body: Snapshot
+
+
 class GivenUpMessage(_Envelope):
     kind: Literal["given_up"] = "given_up"
     body: GivenUp
@@ -448,6 +523,7 @@ Message = Annotated[
     | DetectionMessage
     | CameraHealthMessage
     | RuleEventMessage
+    | SnapshotMessage
     | GivenUpMessage
     | ConfigReportMessage
     | CommandAckMessage
@@ -464,6 +540,7 @@ CORE_KINDS: tuple[str, ...] = ("presence", "health", "detection", "camera_health
 V1Message = (
     AnyMessage
     | RuleEventMessage
+    | SnapshotMessage
     | GivenUpMessage
     | ConfigReportMessage
     | CommandAckMessage
@@ -472,7 +549,7 @@ V1Message = (
 )
 # Server -> box kinds (on `down/<kind>`); every other kind goes box -> server (on `up/<kind>`).
 DOWN_KINDS: tuple[str, ...] = ("config", "command")
-UP_KINDS: tuple[str, ...] = (*CORE_KINDS, "rule_event", "given_up", "config_report", "command_ack")
+UP_KINDS: tuple[str, ...] = (*CORE_KINDS, "rule_event", "snapshot", "given_up", "config_report", "command_ack")
 KINDS: tuple[str, ...] = (*UP_KINDS, *DOWN_KINDS)
 
 _MESSAGE_ADAPTER: TypeAdapter[V1Message] = TypeAdapter(Message)
@@ -482,6 +559,7 @@ _BY_BODY: dict[type[Body], type[V1Message]] = {
     Detection: DetectionMessage,
     CameraHealth: CameraHealthMessage,
     RuleEvent: RuleEventMessage,
+    Snapshot: SnapshotMessage,
     GivenUp: GivenUpMessage,
     ConfigReport: ConfigReportMessage,
     CommandAck: CommandAckMessage,
@@ -494,6 +572,8 @@ _BY_BODY: dict[type[Body], type[V1Message]] = {
 def build(body: Presence | Health | Detection | CameraHealth, *, device_id: str, seq: int) -> AnyMessage: ...
 @overload
 def build(body: RuleEvent, *, device_id: str, seq: int) -> RuleEventMessage: ...
+@overload
+def build(body: Snapshot, *, device_id: str, seq: int) -> SnapshotMessage: ...
 @overload
 def build(body: GivenUp, *, device_id: str, seq: int) -> GivenUpMessage: ...
 @overload

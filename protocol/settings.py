@@ -374,6 +374,67 @@ RuleConfig = Annotated[
 
 
 
+class PrivacyConfig(_Strict):
+    """What must never leave the box in a picture.
+
+    `masks` are blacked out of every snapshot (a neighbour's window, a school yard); objects whose label
+    is in `blur_labels` are blurred beyond recognition (people by default: the command centre sees that
+    someone is there, not who). With `blur_part: head` only the top quarter of the box is blurred, a
+    face without a face detector. Set `blur_labels: []` for a camera whose pictures may show people.
+    """
+
+    units: Literal["normalised", "pixels"] = "normalised"
+    masks: list[list[Point]] = Field(default_factory=list, description="Polygons blacked out of every snapshot.")
+    blur_labels: list[str] = Field(default_factory=lambda: ["person"], description="Labels blurred in snapshots.")
+    blur_part: Literal["whole", "head"] = Field(default="whole", description="Blur the whole box or its top quarter.")
+
+    @field_validator("masks")
+    @classmethod
+    def _valid_masks(cls, masks: list[list[Point]], info: ValidationInfo) -> list[list[Point]]:
+        for i, polygon in enumerate(masks):
+            if len(polygon) < 3:
+                raise ValueError(f"mask {i} has {len(polygon)} points: a mask needs at least 3")
+            try:
+                _check_polygon(_check_points(polygon, info))
+            except ValueError as exc:
+                raise ValueError(f"mask {i}: {exc}") from None
+        return masks
+
+
+class SnapshotConfig(_Strict):
+    """The best picture of each detection event, sent after redaction (see PrivacyConfig)."""
+
+    enabled: bool = True
+    max_bytes: int = Field(default=60_000, ge=4096, le=1024 * 1024, description="JPEG size cap; quality drops to fit.")
+    max_width: int = Field(default=960, ge=160, le=4096, description="Wider frames are scaled down to this.")
+    quality: int = Field(default=80, ge=20, le=95, description="JPEG quality tried first.")
+
+
+class MotionConfig(_Strict):
+    """Motion gating: run the detector only where something moved (and on a slow re-check).
+
+    A frame is compared with a running background at `width` pixels wide; changed areas larger than
+    `min_area` (fraction of the frame) become regions, each padded by `padding` and merged when they
+    overlap, and the detector runs on those crops instead of the whole frame. A frame without motion
+    skips detection, but every `recheck_s` the whole frame is detected anyway, so that objects that
+    stopped (a parked car, a bag left behind) are still seen.
+    """
+
+    enabled: bool = False
+    width: int = Field(default=320, ge=64, le=1280, description="Width the motion mask is computed at.")
+    threshold: int = Field(default=25, ge=1, le=255, description="Grey-level change that counts as motion.")
+    min_area: float = Field(default=0.0005, ge=0, le=1, description="Smallest moving area, fraction of the frame.")
+    padding: float = Field(default=0.5, ge=0, le=4, description="Padding of a region, fraction of its size.")
+    min_region: float = Field(
+        default=0.2, gt=0, le=1, description="Smallest crop side as a fraction of the frame height (context)."
+    )
+    max_coverage: float = Field(
+        default=0.6, gt=0, le=1, description="Regions covering more than this fraction: detect the whole frame."
+    )
+    recheck_s: float = Field(default=5.0, gt=0, le=600, description="Full-frame detection at least this often.")
+    alpha: float = Field(default=0.05, gt=0, lt=1, description="How fast the background follows the picture.")
+
+
 class OutboxTtl(_Strict):
     """Seconds a message of each class may wait before it is given up; null: until sent or evicted."""
 
@@ -415,10 +476,29 @@ class CameraSettings(_Strict):
     """One camera as the server may set it; the box's own file may add its local `reference` view."""
 
     id: str = Field(pattern=CAMERA_ID_PATTERN)
-    url: str = Field(min_length=1, description="rtsp://..., http://..., or a path to a video file.")
+    url: str = Field(
+        min_length=1,
+        description="rtsp://..., http://... (MJPEG), v4l2:///dev/video0 (USB camera), or a path to a video file.",
+    )
     loop: bool = Field(default=False, description="Play a file source in a loop, at its own frame rate.")
+    transport: Literal["tcp", "udp"] | None = Field(
+        default=None, description="RTSP only: RTP over the RTSP connection (tcp, the default) or over udp."
+    )
+    stall_timeout_s: float = Field(
+        default=10.0, ge=1, le=600, description="No new frame for this long: the stream is torn down and reopened."
+    )
+    failed_after_s: float = Field(
+        default=60.0,
+        ge=0,
+        le=86400,
+        description="Unreachable this long and the camera's state is failed (still retried); wrong credentials, "
+        "a wrong path or a missing device are failed at once.",
+    )
     rules: list[RuleConfig] = Field(default_factory=list, description="Zones, lines and left-object watches.")
     health: CameraHealthConfig = Field(default_factory=CameraHealthConfig)
+    privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
+    snapshots: SnapshotConfig = Field(default_factory=SnapshotConfig)
+    motion: MotionConfig = Field(default_factory=MotionConfig)
 
     @field_validator("rules")
     @classmethod
@@ -432,9 +512,19 @@ class CameraSettings(_Strict):
     @field_validator("url")
     @classmethod
     def _known_scheme(cls, value: str) -> str:
-        if "://" in value and not value.startswith(("rtsp://", "rtsps://", "http://", "https://", "file://")):
-            raise ValueError("url scheme must be rtsp, rtsps, http(s) or file, or a plain path to a video file")
+        if "://" in value and not value.startswith(
+            ("rtsp://", "rtsps://", "http://", "https://", "file://", "v4l2://")
+        ):
+            raise ValueError("url scheme must be rtsp, rtsps, http(s), v4l2 or file, or a plain path to a video file")
+        if value.startswith("v4l2://") and not (value[7:].isdigit() or value[7:].startswith("/dev/")):
+            raise ValueError("a v4l2 url names a device: v4l2:///dev/video0 or its index, v4l2://0")
         return value
+
+    @model_validator(mode="after")
+    def _transport_is_rtsp(self) -> CameraSettings:
+        if self.transport is not None and not self.url.startswith(("rtsp://", "rtsps://")):
+            raise ValueError("transport applies to rtsp:// cameras only; remove it or use an rtsp url")
+        return self
 
 
 class DetectSettings(_Strict):
@@ -443,6 +533,12 @@ class DetectSettings(_Strict):
     fps: float = Field(default=5.0, gt=0, le=30, description="Frames per second run through the detector.")
     score_threshold: float = Field(default=0.35, gt=0, lt=1)
     labels: list[str] = Field(default_factory=lambda: list(DEFAULT_LABELS), min_length=1)
+    nms: Literal["per_class", "agnostic"] = Field(
+        default="per_class", description="Suppress overlapping boxes of the same label only, or of any label."
+    )
+    update_every_s: float = Field(
+        default=10.0, gt=0, le=3600, description="A live event sends an update at most this often."
+    )
 
 
 def unique_camera_ids(cameras: list[CameraSettings]) -> None:
@@ -453,12 +549,20 @@ def unique_camera_ids(cameras: list[CameraSettings]) -> None:
 
 
 def check_rule_labels(cameras: list[CameraSettings], detect_labels: list[str]) -> None:
-    """A rule on a label the detector does not report would silently never fire: refuse it.
+    """A rule on a label the detector does not report would silently never fire, and a blur label it does
+    not report would leave people in the pictures: refuse both.
 
     Raises ValueError whose text starts with the field (`cameras.0.rules.1.labels: ...`).
     """
     detected = set(detect_labels)
     for c, cam in enumerate(cameras):
+        hidden = [label for label in cam.privacy.blur_labels if label not in detected]
+        if hidden:
+            # A typo here would leave faces in the pictures: refuse it rather than send them.
+            raise ValueError(
+                f"cameras.{c}.privacy.blur_labels: {', '.join(hidden)} not in detect.labels, so it could never "
+                "be blurred; add it to detect.labels or fix the name"
+            )
         for r, rule in enumerate(cam.rules):
             where = f"cameras.{c}.rules.{r}"
             fields: dict[str, list[str] | str] = {"labels": rule.labels}

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -25,6 +25,7 @@ from .nanodet import NanoDetDecoder
 from .nms import batched_nms
 from .preprocess import Preprocessor, check_frame
 from .session import create_session, resolve_threads
+from .tf_od_api import TfOdApiDecoder
 from .yolo import YoloV8Decoder
 
 DEFAULT_MODEL = Path(__file__).resolve().parent / "models" / "nanodet-m-416.onnx"
@@ -39,6 +40,7 @@ DecoderFactory = Callable[[Mapping[str, object], int, int, int, Mapping[str, Sha
 FAMILIES: dict[str, DecoderFactory] = {
     "nanodet": NanoDetDecoder.from_metadata,
     "yolov8": YoloV8Decoder.from_metadata,
+    "tf_od_api": TfOdApiDecoder.from_metadata,
 }
 
 
@@ -100,6 +102,7 @@ class OnnxDetector:
         iou_threshold: float,
         max_detections: int = 100,
         model_path: Path | None = None,
+        class_agnostic: bool = False,
     ) -> None:
         self.session = session
         self.metadata = metadata
@@ -108,6 +111,9 @@ class OnnxDetector:
         self.score_threshold = score_threshold
         self.iou_threshold = iou_threshold
         self.max_detections = max_detections
+        # Per-class NMS (default) keeps a person and a bicycle under them; class-agnostic keeps only
+        # the best box where a model calls one object by two names (NanoDet's car / truck).
+        self.class_agnostic = class_agnostic
         self.labels: tuple[str, ...] = tuple(metadata.labels)
         self.input_name = metadata.input.name
         self.preprocess = Preprocessor(metadata.input)
@@ -145,9 +151,8 @@ class OnnxDetector:
         candidates = self.decoder.decode(outputs, self.score_threshold)
         if candidates.scores.size == 0:
             return []
-        keep = batched_nms(
-            candidates.boxes, candidates.scores, candidates.class_ids, self.iou_threshold, self.max_detections
-        )
+        groups = np.zeros_like(candidates.class_ids) if self.class_agnostic else candidates.class_ids
+        keep = batched_nms(candidates.boxes, candidates.scores, groups, self.iou_threshold, self.max_detections)
         boxes = self.preprocess.boxes_to_frame(candidates.boxes[keep])
         labels = self.labels
         return [
@@ -179,13 +184,17 @@ def load_detector(
     labels: Collection[str] | None = None,
     threads: int | None = None,
     trt_cache_dir: Path | None = None,
+    class_agnostic: bool = False,
+    providers: Sequence[str] | None = None,
 ) -> OnnxDetector:
     """A detector for `model_path` (default: the shipped NanoDet-m), configured by its sidecar JSON.
 
     `labels` restricts what is reported (e.g. {"person", "car"}); `threads` defaults to the cores
     available, capped at 4; `trt_cache_dir` is where TensorRT keeps built engines (only used where
-    TensorRT is available; default ~/.cache/polewatch/tensorrt). Raises ModelError (a ValueError)
-    naming the problem when the model or its sidecar is missing, malformed, or does not match.
+    TensorRT is available; default ~/.cache/polewatch/tensorrt); `class_agnostic` runs NMS across
+    classes; `providers` restricts the execution providers tried (`agent bench` compares them).
+    Raises ModelError (a ValueError) naming the problem when the model or its sidecar is missing,
+    malformed, or does not match.
     """
     path = Path(DEFAULT_MODEL if model_path is None else model_path)
     if not 0.0 < score_threshold <= 1.0:
@@ -209,7 +218,7 @@ def load_detector(
             "the file is corrupt or the sidecar belongs to another model"
         )
     try:
-        session = create_session(data, threads, trt_cache_dir=trt_cache_dir)
+        session = create_session(data, threads, trt_cache_dir=trt_cache_dir, only=providers)
     except Exception as exc:  # onnxruntime raises its own exception types for unreadable models
         raise ModelError(f"onnxruntime cannot load model file {path}: {exc}") from exc
     _check_input(session, metadata, path)
@@ -223,6 +232,7 @@ def load_detector(
         score_threshold=score_threshold,
         iou_threshold=iou_threshold,
         model_path=path,
+        class_agnostic=class_agnostic,
     )
 
 
@@ -249,13 +259,15 @@ def _check_input(session: ort.InferenceSession, metadata: ModelMetadata, path: P
     if len(inputs) != 1:
         raise ModelError(f"model {path.name} has {len(inputs)} inputs {sorted(inputs)}; only one is supported")
     model_input = inputs[spec.name]
-    if model_input.type != "tensor(float)":
+    want_type = "tensor(float)" if spec.dtype == "float32" else "tensor(uint8)"
+    if model_input.type != want_type:
         raise ModelError(
-            f"model {path.name} input {spec.name!r} is {model_input.type}; only float32 NCHW inputs are supported"
+            f"{where}: sidecar input {spec.layout} {spec.dtype}, model input {spec.name!r} is {model_input.type}"
         )
-    expected = (1, 3, spec.height, spec.width)
+    expected = (1, 3, spec.height, spec.width) if spec.layout == "NCHW" else (1, spec.height, spec.width, 3)
+    dims = f"[1, 3, {spec.height}, {spec.width}]" if spec.layout == "NCHW" else f"[1, {spec.height}, {spec.width}, 3]"
     shape = tuple(model_input.shape)
     if len(shape) != 4 or any(
         isinstance(have, int) and have != want for have, want in zip(shape, expected, strict=True)
     ):
-        raise ModelError(f"{where}: sidecar input [1, 3, {spec.height}, {spec.width}], model input {list(shape)}")
+        raise ModelError(f"{where}: sidecar input {dims}, model input {list(shape)}")

@@ -13,7 +13,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import ModelError
 
@@ -21,18 +21,24 @@ SIDECAR_SUFFIX = ".json"
 
 
 class InputSpec(BaseModel):
-    """How a BGR uint8 frame becomes the model's float32 NCHW input: `(pixel - mean) / std` per channel."""
+    """How a BGR uint8 frame becomes the model's input.
+
+    float32 NCHW (NanoDet, YOLO): `(pixel - mean) / std` per channel. uint8 NHWC (TF Object
+    Detection API graphs, which normalise inside the graph): the resized pixels as they are, with
+    mean and std unused.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str = Field(min_length=1)
     width: int = Field(gt=0)
     height: int = Field(gt=0)
-    layout: Literal["NCHW"] = "NCHW"
+    layout: Literal["NCHW", "NHWC"] = "NCHW"
+    dtype: Literal["float32", "uint8"] = "float32"
     channel_order: Literal["BGR", "RGB"]
     # In the model's channel order (mean[0] is blue for a BGR model).
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
+    mean: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    std: tuple[float, float, float] = (1.0, 1.0, 1.0)
     # "letterbox" keeps the aspect ratio and pads; "stretch" resizes the frame to the input size.
     resize: Literal["letterbox", "stretch"] = "letterbox"
     pad_value: int = Field(default=114, ge=0, le=255)
@@ -43,6 +49,14 @@ class InputSpec(BaseModel):
         if min(value) <= 0:
             raise ValueError(f"every std must be > 0, got {value}")
         return value
+
+    @model_validator(mode="after")
+    def _known_combination(self) -> InputSpec:
+        if (self.layout, self.dtype) not in (("NCHW", "float32"), ("NHWC", "uint8")):
+            raise ValueError(
+                f"input layout {self.layout} with dtype {self.dtype} is not supported: use NCHW float32 or NHWC uint8"
+            )
+        return self
 
 
 class ModelMetadata(BaseModel):

@@ -75,6 +75,10 @@ class Preprocessor:
     def __init__(self, spec: InputSpec) -> None:
         self.spec = spec
         self.tensor: npt.NDArray[np.float32] = np.zeros((1, 3, spec.height, spec.width), dtype=np.float32)
+        # uint8 NHWC models (TF Object Detection API) take the resized pixels as they are.
+        self.raw: npt.NDArray[np.uint8] | None = (
+            np.full((1, spec.height, spec.width, 3), spec.pad_value, dtype=np.uint8) if spec.dtype == "uint8" else None
+        )
         std = np.asarray(spec.std, dtype=np.float32)
         self._scale = (1.0 / std).astype(np.float32)
         self._offset = (np.asarray(spec.mean, dtype=np.float32) / std).astype(np.float32)
@@ -84,7 +88,7 @@ class Preprocessor:
         self.geometry: Geometry | None = None
         self._resized: npt.NDArray[np.uint8] = np.empty((0, 0, 3), dtype=np.uint8)
 
-    def __call__(self, frame: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]:
+    def __call__(self, frame: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32] | npt.NDArray[np.uint8]:
         """The input tensor for `frame`; it is this object's buffer, overwritten by the next call."""
         height, width = frame.shape[:2]
         geometry = self.geometry
@@ -97,6 +101,13 @@ class Preprocessor:
             self._resized[...] = resized
         rows = slice(geometry.top, geometry.top + geometry.height)
         cols = slice(geometry.left, geometry.left + geometry.width)
+        if self.raw is not None:
+            inside = self.raw[0, rows, cols]
+            if self.spec.channel_order == "RGB":
+                cv2.cvtColor(self._resized, cv2.COLOR_BGR2RGB, dst=inside)
+            else:
+                inside[...] = self._resized
+            return self.raw
         for channel, source in enumerate(self._source):
             plane = self.tensor[0, channel, rows, cols]
             np.multiply(self._resized[:, :, source], self._scale[channel], out=plane, dtype=np.float32)
@@ -106,6 +117,8 @@ class Preprocessor:
     def _set_geometry(self, width: int, height: int) -> Geometry:
         geometry = geometry_for(self.spec, width, height)
         self._resized = np.empty((geometry.height, geometry.width, 3), dtype=np.uint8)
+        if self.raw is not None:
+            self.raw[...] = self.spec.pad_value
         for channel in range(3):
             self.tensor[0, channel] = self._pad[channel]
         self.geometry = geometry

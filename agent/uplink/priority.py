@@ -29,8 +29,8 @@ EVICTION_ORDER: tuple[Priority, ...] = (Priority.TELEMETRY, Priority.SNAPSHOT, P
 REPLAY_ORDER: tuple[Priority, ...] = tuple(reversed(EVICTION_ORDER))
 
 # Message kind (the topic's last level) -> class. Kinds planned by later issues, for when they land:
-# snapshots -> SNAPSHOT. Config reports and command acks are box state changes: rare, small, and
-# what an operator waits for after pressing a button, so they go with the health events.
+# Config reports and command acks are box state changes: rare, small, and what an operator waits for
+# after pressing a button, so they go with the health events.
 PRIORITY_OF_KIND: dict[str, Priority] = {
     "health": Priority.TELEMETRY,
     "presence": Priority.HEALTH_EVENT,
@@ -39,6 +39,7 @@ PRIORITY_OF_KIND: dict[str, Priority] = {
     "command_ack": Priority.HEALTH_EVENT,
     "detection": Priority.ALERT,
     "rule_event": Priority.ALERT,
+    "snapshot": Priority.SNAPSHOT,
     # What the box gave up: as hard to replace as an alert, and the server needs it to account for gaps.
     "given_up": Priority.ALERT,
 }

@@ -104,6 +104,17 @@ def test_check_config_shows_the_plan(tmp_path: Path) -> None:
     assert "user:pw@" not in result.output and "user:***@" in result.output, "camera passwords are never shown"
 
 
+def test_check_config_shows_snapshots_privacy_and_motion_gating(tmp_path: Path) -> None:
+    data = yaml.safe_load(yaml.safe_dump(GOOD))
+    data["cameras"][0]["privacy"] = {"masks": [[[0, 0], [0.5, 0], [0.5, 0.5]]]}
+    data["cameras"][0]["motion"] = {"enabled": True, "recheck_s": 8}
+    data["cameras"][1]["snapshots"] = {"enabled": False}
+    result = CliRunner().invoke(app, ["agent", "check-config", str(_write(tmp_path, data))], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert "snapshots ≤ 60000 bytes, 1 mask(s), blur person; motion gating on (re-check every 8 s)" in result.output
+    assert "no snapshots; no motion gating" in result.output
+
+
 def test_camera_health_has_defaults_per_camera_and_a_reference_beside_the_config(tmp_path: Path) -> None:
     data = yaml.safe_load(yaml.safe_dump(GOOD))
     data["cameras"][0]["reference"] = "reference/cam1.png"

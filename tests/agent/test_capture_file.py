@@ -151,9 +151,12 @@ def test_missing_file_is_not_connected_logged_and_harmless(
     assert not source.connected
     assert source.frames_read == 0
     assert reader_alive(source)
-    missing = [r for r in caplog.records if r.getMessage() == "video file does not exist"]
-    assert missing, [r.getMessage() for r in caplog.records]
-    assert all(r.levelno == logging.ERROR and getattr(r, "path", None) == str(path) for r in missing)
+    assert source.state == "failed"  # waiting will not make the file appear: someone must act
+    assert source.last_error is not None and source.last_error.reason == "no_such_file"
+    assert source.last_error.detail == f"{path} does not exist"
+    missing = [r for r in caplog.records if r.getMessage().startswith("camera failed: the video file does not exist")]
+    assert len(missing) == 1, [r.getMessage() for r in caplog.records]  # once, not per retry
+    assert missing[0].levelno == logging.ERROR and getattr(missing[0], "reason", None) == "no_such_file"
 
     start = time.monotonic()
     source.stop()

@@ -9,16 +9,21 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import pytest
 
 from polewatch.agent.capture.source import FrameSource
+from polewatch.agent.health import camera_status
+from support.footage import SAMPLE_CLIP, read_frames
 from support.ports import free_port
 from support.rtsp import RtspServer, start_rtsp_server
 
@@ -89,13 +94,10 @@ def test_reads_the_live_stream_at_the_camera_rate(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # The server offers only this transport, so frames prove the client used it. Without options
-    # OpenCV asks for TCP (interleaved) first; UDP must be asked for.
-    if transport == "udp":
-        monkeypatch.setenv(OPTIONS_ENV, "rtsp_transport;udp")
-    else:
-        monkeypatch.delenv(OPTIONS_ENV, raising=False)
+    # OpenCV asks for TCP (interleaved) first; UDP is the camera's `transport` setting.
+    monkeypatch.delenv(OPTIONS_ENV, raising=False)
     server = make_server(transport=transport)
-    source = open_source(server.url)
+    source = open_source(server.url, transport=transport)
 
     first = source.latest(timeout=CONNECT_S)
     assert first is not None, f"no frame within {CONNECT_S} s; server log:\n{server.log_tail()}"
@@ -120,6 +122,21 @@ def test_reads_the_live_stream_at_the_camera_rate(
     assert len(indices) >= 30  # a consumer as fast as the camera gets nearly every frame of the 4 s
     assert not np.array_equal(first.image, last.image), "the picture never changed: not a live stream"
     assert source.reconnects == 0
+    assert OPTIONS_ENV not in os.environ  # the UDP open put the process-wide options back
+
+
+def test_mixed_transports_on_one_box(
+    make_server: Callable[..., RtspServer],
+    open_source: Callable[..., FrameSource],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A UDP-only camera and a TCP-only camera side by side, each opened with its own transport."""
+    monkeypatch.delenv(OPTIONS_ENV, raising=False)
+    udp, tcp = make_server(transport="udp"), make_server(transport="tcp")
+    sources = [open_source(udp.url, transport="udp"), open_source(tcp.url, transport="tcp")]
+    for source in sources:
+        assert source.latest(timeout=CONNECT_S) is not None
+        assert source.state == "connected"
 
 
 def test_slow_consumer_gets_the_newest_frame_not_a_backlog(
@@ -167,6 +184,44 @@ def test_server_killed_then_back_on_the_same_port(server: RtspServer, open_sourc
     assert frame.image.shape == CLIP_SHAPE
     assert source.connected
     assert source.reconnects == 1
+    assert source.state == "connected"
+    assert camera_status(source).reconnects_1h == 1
+
+
+def test_server_killed_reports_reconnecting_and_refused(
+    server: RtspServer, open_source: Callable[..., FrameSource], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="polewatch.agent.capture")
+    source = open_source(server.url)
+    assert source.latest(timeout=CONNECT_S) is not None
+    assert camera_status(source).state == "connected"
+    assert source.nominal_fps == CLIP_FPS  # the stream says its rate; the grade compares with it
+
+    server.kill()
+    wait_for(lambda: source.last_error is not None and source.last_error.reason == "refused", 10.0, "refused")
+    status = camera_status(source)
+    assert (status.state, status.connected, status.quality, status.error) == ("reconnecting", False, "down", "refused")
+    assert any(r.getMessage() == "camera connection lost; reconnecting" for r in caplog.records)
+
+
+def test_url_that_never_answers_fails_after_its_time(
+    open_source: Callable[..., FrameSource], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="polewatch.agent.capture")
+    # A port that accepts connections (the kernel's backlog) and never says a word: a hung camera.
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        port = silent.getsockname()[1]
+        source = open_source(f"rtsp://127.0.0.1:{port}/clip", open_timeout_s=1.0, failed_after_s=2.0)
+        wait_for(lambda: source.last_error is not None, 10.0, "a diagnosis")
+        assert source.last_error is not None and source.last_error.reason == "timeout"
+        assert source.state in ("connecting", "failed")
+        wait_for(lambda: source.state == "failed", 15.0, "state failed")
+    failed = [r for r in caplog.records if r.getMessage().startswith("camera failed: the camera does not answer")]
+    assert len(failed) == 1
+    assert source.frames_read == 0
+    assert reader_alive(source)
 
 
 def test_nothing_listening_retries_quietly_and_stops_promptly(
@@ -210,6 +265,15 @@ def test_wrong_password_is_refused_and_never_logged(
     wait_for(lambda: len(retries()) >= 2, 2 * CONNECT_S, "two refused attempts of the wrong password")
     assert not wrong.connected
     assert wrong.frames_read == 0
+    # The camera is asked why (RTSP DESCRIBE): a wrong password is failed at once, with the reason.
+    assert wrong.state == "failed"
+    assert all(getattr(r, "reason", None) == "unauthorized" for r in retries())
+    status = camera_status(wrong)
+    assert (status.error, status.quality) == ("unauthorized", "down")
+    assert "401 Unauthorized" in (status.error_detail or "")
+    failed = [r for r in caplog.records if r.getMessage().startswith("camera failed:")]
+    assert len(failed) == 1 and "check the credentials" in failed[0].getMessage()
+    assert right.state == "connected"
     for record in caplog.records:
         assert "wrong-password" not in str(record.__dict__)
         assert "right-password" not in str(record.__dict__)
@@ -235,3 +299,40 @@ def test_frozen_stream_is_noticed_within_the_stall_timeout(
     finally:
         server.resume()
     assert took >= 1.0  # not a coincidental disconnect: the stall was waited out
+    assert source.stall_log.total == 1
+    assert camera_status(source).stalls_1h == 1
+
+
+def test_stream_whose_resolution_changes_is_followed_and_logged(
+    make_server: Callable[..., RtspServer],
+    open_source: Callable[..., FrameSource],
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The camera's resolution is changed (its stream restarts, as IP cameras do): 768x576 → 384x288.
+
+    Served as RTP/JPEG, where every frame carries its own size, from the clip's real frames.
+    """
+    caplog.set_level(logging.INFO, logger="polewatch.agent.capture")
+    full, half = tmp_path / "full", tmp_path / "half"
+    full.mkdir()
+    half.mkdir()
+    for i, image in enumerate(read_frames(SAMPLE_CLIP)[:30]):
+        cv2.imwrite(str(full / f"{i:04d}.jpg"), image)
+        cv2.imwrite(str(half / f"{i:04d}.jpg"), cv2.resize(image, (384, 288), interpolation=cv2.INTER_AREA))
+    server = make_server(frames_dir=full)
+    source = open_source(server.url)
+    first = source.latest(timeout=CONNECT_S)
+    assert first is not None and first.image.shape == CLIP_SHAPE
+
+    server.stop()
+    server.frames_dir = half
+    server.start()
+    wait_for(lambda: source.width == 384, 2 * CONNECT_S, "the new resolution")
+    frame = source.latest(timeout=5.0)
+    assert frame is not None and frame.image.shape == (288, 384, 3)
+    assert (source.width, source.height, source.resolution_changes) == (384, 288, 1)
+    assert source.state == "connected"
+    changed = [r for r in caplog.records if r.getMessage() == "camera resolution changed from 768x576 to 384x288"]
+    assert len(changed) == 1 and changed[0].levelno == logging.WARNING
+    assert camera_status(source).width == 384

@@ -35,6 +35,7 @@ from polewatch.agent.inference.session import choose_providers, default_threads
 
 Frame = npt.NDArray[np.uint8]
 FRAME_INDEX = 400
+REPO = Path(__file__).resolve().parents[2]
 YOLO_SHA256 = "1775adeb3590ad5dc552e8f4360dfffad4970d0882bb1d7ac85676fa45837aa3"
 
 
@@ -270,6 +271,58 @@ def test_a_user_brought_yolov8_model_loads_from_its_sidecar(yolo: OnnxDetector, 
     assert vehicles  # the parked van and the car
 
 
+@pytest.fixture(scope="module")
+def ssdlite(shared_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> OnnxDetector:
+    """The third layout: a TF Object Detection API graph (uint8 NHWC in, decoded boxes out)."""
+    sidecar = json.loads((REPO / "docs" / "models" / "ssdlite-person-300.json").read_text())
+    path = _model_with_sidecar(
+        tmp_path_factory.mktemp("ssd"), shared_dir / "models" / "ssdlite-person-300.onnx", sidecar
+    )
+    return load_detector(path, score_threshold=0.4)
+
+
+def test_tf_od_api_ssdlite_finds_the_pedestrians_yolov8n_finds(
+    ssdlite: OnnxDetector, yolo: OnnxDetector, frame_400: Frame
+) -> None:
+    assert ssdlite.metadata.family == "tf_od_api"
+    assert ssdlite.labels == ("person",)
+    found = ssdlite.detect(frame_400)
+    reference = _people(yolo.detect(frame_400), min_score=0.5)
+    assert len(reference) == 3
+    assert len(found) == 3
+    for ref in reference:
+        best = max(iou(ref.box, d.box) for d in found)
+        assert best >= 0.5, (ref, found)
+    assert all(d.label == "person" and 0.4 <= d.score <= 1.0 for d in found)
+
+
+def test_tf_od_api_boxes_follow_the_frame_size(ssdlite: OnnxDetector, frame_400: Frame) -> None:
+    """The input is stretched: boxes of a half-size frame are the full-size boxes halved."""
+    full = sorted(ssdlite.detect(frame_400), key=lambda d: d.x1)
+    half = sorted(ssdlite.detect(cv2.resize(frame_400, (384, 288), interpolation=cv2.INTER_AREA)), key=lambda d: d.x1)
+    assert len(full) == len(half)
+    for a, b in zip(full, half, strict=True):
+        assert iou(a.box, tuple(2 * v for v in b.box)) >= 0.8
+
+
+def test_class_agnostic_nms_keeps_one_box_per_object(vtest: Path) -> None:
+    """NanoDet calls the parked van both car and truck; per-class NMS keeps both, agnostic the best."""
+    per_class = load_detector(score_threshold=0.2)
+    agnostic = load_detector(score_threshold=0.2, class_agnostic=True)
+    crossings = 0
+    for index in range(0, 790, 60):
+        frame = read_frame(vtest, index)
+        a, b = per_class.detect(frame), agnostic.detect(frame)
+        assert {(d.label, round(d.score, 4)) for d in b} <= {(d.label, round(d.score, 4)) for d in a}
+        for i, x in enumerate(b):
+            for y in b[i + 1 :]:
+                assert iou(x.box, y.box) <= 0.5  # nothing overlapping survives, whatever its label
+        crossings += sum(
+            1 for i, x in enumerate(a) for y in a[i + 1 :] if x.label != y.label and iou(x.box, y.box) > 0.5
+        )
+    assert crossings > 0, "the footage never had two labels on one object: the test proves nothing"
+
+
 def test_threads_can_be_set() -> None:
     detector = load_detector(threads=1)
     assert detector.session.get_session_options().intra_op_num_threads == 1
@@ -331,7 +384,7 @@ def _broken(**edits: Any) -> dict[str, Any]:
         (_broken(labels=None), r"invalid: labels: Field required"),
         (_broken(input__chanel_order="BGR"), r"input\.chanel_order: Extra inputs are not permitted"),
         (_broken(input__std=[57.0, 0.0, 58.0]), r"std must be > 0"),
-        (_broken(family="ssd"), r"family 'ssd'; known families: \['nanodet', 'yolov8'\]"),
+        (_broken(family="ssd"), r"family 'ssd'; known families: \['nanodet', 'tf_od_api', 'yolov8'\]"),
         (_broken(input__name="images"), r"sidecar input name 'images', model inputs \['input_1:0'\]"),
         (_broken(input__width=320, input__height=320), r"sidecar input \[1, 3, 320, 320\], model input"),
         (_broken(labels=_shipped_sidecar()["labels"][:79]), r"\[1, 2704, 79\] for the class scores"),
@@ -339,6 +392,9 @@ def _broken(**edits: Any) -> dict[str, Any]:
         (_broken(head__strides=[8, 16, 32, 64]), r"stride 64"),
         (_broken(sha256="0" * 64), r"sha256 8b6466fc.* but its sidecar says 0000"),
         (_broken(family="yolov8", head={}), r"yolov8 model with 80 labels needs one output \[1, 84, N\]"),
+        (_broken(family="tf_od_api", head={}), r"a tf_od_api model needs outputs .*detection_boxes:0"),
+        (_broken(input__layout="NHWC"), r"input layout NHWC with dtype float32 is not supported"),
+        (_broken(input__layout="NHWC", input__dtype="uint8"), r"sidecar input NHWC uint8, model input"),
     ],
     ids=[
         "no-labels",
@@ -352,6 +408,9 @@ def _broken(**edits: Any) -> dict[str, Any]:
         "strides",
         "sha256",
         "wrong-family",
+        "tf-outputs",
+        "nhwc-float",
+        "nhwc-uint8",
     ],
 )
 def test_a_sidecar_that_does_not_match_the_model_is_refused(

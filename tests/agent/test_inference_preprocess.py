@@ -80,3 +80,19 @@ def test_boxes_are_clipped_to_the_frame() -> None:
     preprocess(np.zeros((576, 768, 3), dtype=np.uint8))
     boxes = np.array([[-20.0, 0.0, 430.0, 40.0]], dtype=np.float32)  # reaches into the top padding
     np.testing.assert_allclose(preprocess.boxes_to_frame(boxes), [[0.0, 0.0, 768.0, 0.0]], atol=1e-4)
+
+
+def test_uint8_nhwc_input_is_the_resized_picture_in_model_channel_order() -> None:
+    """TF Object Detection API graphs normalise inside: they get the pixels, RGB, stretched."""
+    frame = np.zeros((60, 80, 3), dtype=np.uint8)
+    frame[:, :40] = (255, 0, 0)  # blue on the left half (BGR)
+    spec = _spec(width=40, height=30, layout="NHWC", dtype="uint8", channel_order="RGB", resize="stretch")
+    tensor = Preprocessor(spec)(frame)
+    assert tensor.shape == (1, 30, 40, 3) and tensor.dtype == np.uint8
+    assert tuple(tensor[0, 10, 5]) == (0, 0, 255)  # blue is the last channel in RGB
+    assert tuple(tensor[0, 10, 35]) == (0, 0, 0)
+
+
+def test_unsupported_layout_and_dtype_pairs_are_refused() -> None:
+    with pytest.raises(ValueError, match="input layout NCHW with dtype uint8 is not supported"):
+        _spec(dtype="uint8")

@@ -76,9 +76,12 @@ def test_a_command_with_an_unknown_name_still_decodes_so_the_box_can_refuse_it_b
         ({"cameras": [{"id": "cam1", "url": "rtsp://x", "reference": "/etc/passwd"}]}, "reference"),
         ({"detect": {"threads": 4}}, "threads"),
         ({"cameras": []}, "cameras"),
-        ({"detect": {"labels": ["car"]}, "cameras": [{"id": "c", "url": "rtsp://x", "rules": [
-            {"type": "line", "id": "l", "points": [[0, 0], [1, 1]], "labels": ["person"]}]}]},
+        ({"detect": {"labels": ["car"]}, "cameras": [{"id": "c", "url": "rtsp://x", "privacy": {"blur_labels": []},
+            "rules": [{"type": "line", "id": "l", "points": [[0, 0], [1, 1]], "labels": ["person"]}]}]},
          "cameras.0.rules.0.labels: person is not in detect.labels"),
+        # People are blurred by default: a detector that cannot see them could not blur them.
+        ({"detect": {"labels": ["car"]}, "cameras": [{"id": "c", "url": "rtsp://x"}]},
+         "cameras.0.privacy.blur_labels: person not in detect.labels"),
     ],
 )
 def test_the_server_can_validate_a_document_before_publishing_it(document: dict[str, object], problem: str) -> None:

@@ -4,9 +4,10 @@ the device gave up, gaps still in flight, clock skew from a live presence, and t
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import sqlite3
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -15,11 +16,12 @@ import pytest
 
 from polewatch.fleet_server.delivery import GapOut, missing_runs, split_gaps
 from polewatch.protocol import (
-    CommandAck,
+    Box,
     GivenUp,
     GivenUpRange,
     OutboxStatus,
     Presence,
+    Snapshot,
     V1Message,
     build,
     encode,
@@ -166,8 +168,12 @@ async def test_a_kind_the_server_does_not_store_still_counts_as_received(
     mosquitto_broker: BrokerProcess, tmp_path: Path
 ) -> None:
     db = tmp_path / "fleet.db"
-    # command_ack: a v1 kind this server does not store (yet); rule events are stored now, as alerts.
-    rule = CommandAck(command_id="cmd-1", name="restart_camera", status="done")
+    # snapshot: a v1 kind this server does not store (yet); rule events and command acks are stored now.
+    rule = Snapshot(
+        camera_id="cam1", event_id="t1", phase="start", label="person", score=0.9,
+        box=Box(x1=0.1, y1=0.1, x2=0.2, y2=0.2), frame_time=datetime.now(timezone.utc), width=64, height=48,
+        jpeg=base64.b64encode(b"\xff\xd8\xff\xd9").decode(),
+    )  # fmt: skip
     async with live_server(settings_for(mosquitto_broker, db)) as base, pole(mosquitto_broker, DEVICE) as pc:
         await pc.send(_detection(0))
         await pc.send(build(rule, device_id=DEVICE, seq=1))

@@ -40,7 +40,8 @@ SAMPLE_CLIP = TESTS_DIR.parent / "polewatch" / "samples" / "vtest-clip.mp4"
 MOUNT = "/clip"
 # What Debian needs for the server (bookworm names): PyGObject for the system Python, the RTSP server's
 # introspection data (it pulls libgstrtspserver-1.0-0, which itself depends on plugins base, good and
-# bad), appsrc + appsink (base), qtdemux + rtph264pay + rtpbin + udp (good). No encoder: no ugly/libav.
+# bad), appsrc + appsink (base), qtdemux + rtph264pay + rtpjpegpay + rtpbin + udp (good), jpegparse (bad,
+# pulled by the RTSP server library) for the motion-JPEG mode. No encoder: no ugly/libav.
 APT_PACKAGES = (
     "python3-gi",
     "gir1.2-gst-rtsp-server-1.0",
@@ -49,7 +50,18 @@ APT_PACKAGES = (
 )
 APT_HINT = "apt-get install --no-install-recommends " + " ".join(APT_PACKAGES)
 TRANSPORTS = ("any", "tcp", "udp")  # what the server offers: RTP interleaved in RTSP's TCP connection, UDP, either
-ELEMENTS = ("filesrc", "qtdemux", "appsrc", "appsink", "rtph264pay", "rtpbin", "multiudpsink", "udpsrc")
+ELEMENTS = (
+    "filesrc",
+    "qtdemux",
+    "appsrc",
+    "appsink",
+    "rtph264pay",
+    "jpegparse",
+    "rtpjpegpay",
+    "rtpbin",
+    "multiudpsink",
+    "udpsrc",
+)
 
 
 @dataclass
@@ -63,6 +75,7 @@ class RtspServer:
     password: str | None = None
     transport: str = "any"
     end_after_frames: int | None = None
+    frames_dir: Path | None = None
     host: str = "127.0.0.1"
     proc: subprocess.Popen[bytes] | None = None
     _paused: bool = field(default=False, init=False, repr=False)
@@ -102,6 +115,8 @@ class RtspServer:
         ]
         if self.end_after_frames is not None:
             command += ["--end-after-frames", str(self.end_after_frames)]
+        if self.frames_dir is not None:
+            command += ["--frames-dir", str(self.frames_dir)]
         if self.username is not None:
             command += ["--username", self.username, "--password", self.password or ""]
         return command
@@ -219,6 +234,7 @@ def start_rtsp_server(
     transport: str = "any",
     end_after_frames: int | None = None,
     port: int | None = None,
+    frames_dir: Path | None = None,
 ) -> RtspServer:
     """Start a server on a free loopback port; skip the test (fail under POLEWATCH_REQUIRE_ALL=1) without GStreamer."""
     from .required import STRICT  # pytest is imported there: not for the server's own (system) Python
@@ -241,6 +257,7 @@ def start_rtsp_server(
         password=password,
         transport=transport,
         end_after_frames=end_after_frames,
+        frames_dir=frames_dir,
     )
     server.start()
     return server
@@ -290,6 +307,17 @@ def _load_clip(gst: Any, clip: Path) -> tuple[str, list[_AccessUnit], int]:
     return caps, units, period
 
 
+def _load_jpegs(gst: Any, folder: Path, fps: int = 10) -> tuple[str, list[_AccessUnit], int]:
+    """JPEG files of `folder` in name order as a 10 fps motion-JPEG stream (RTP/JPEG, RFC 2435):
+    every frame carries its own size, so frames of another size are a resolution change."""
+    files = sorted(folder.glob("*.jpg"))
+    if not files:
+        raise RuntimeError(f"no .jpg files in {folder}")
+    step = 1_000_000_000 // fps
+    units = [_AccessUnit(f.read_bytes(), i * step, i * step, step, False) for i, f in enumerate(files)]
+    return f"image/jpeg,framerate={fps}/1", units, len(units) * step
+
+
 def _serve(args: argparse.Namespace) -> int:
     import gi  # type: ignore[import-not-found]
 
@@ -299,7 +327,12 @@ def _serve(args: argparse.Namespace) -> int:
     from gi.repository import GLib, Gst, GstRtsp, GstRtspServer  # type: ignore[import-not-found]
 
     Gst.init(None)
-    caps, units, period = _load_clip(Gst, Path(args.clip))
+    if args.frames_dir:
+        caps, units, period = _load_jpegs(Gst, Path(args.frames_dir))
+        payloader = "jpegparse ! rtpjpegpay name=pay0 pt=26"
+    else:
+        caps, units, period = _load_clip(Gst, Path(args.clip))
+        payloader = "rtph264pay name=pay0 pt=96 config-interval=-1"
     print(f"clip: {len(units)} access units, loop every {period / 1e9:.2f} s, caps {caps}", flush=True)
 
     def push_next(appsrc: Any, _length: int, state: dict[str, int]) -> None:
@@ -321,8 +354,7 @@ def _serve(args: argparse.Namespace) -> int:
     class LoopingClip(GstRtspServer.RTSPMediaFactory):  # type: ignore[misc]
         def do_create_element(self, _url: Any) -> Any:
             element = Gst.parse_launch(
-                "( appsrc name=src format=time stream-type=stream max-bytes=500000 "
-                "! rtph264pay name=pay0 pt=96 config-interval=-1 )"
+                f"( appsrc name=src format=time stream-type=stream max-bytes=500000 ! {payloader} )"
             )
             src = element.get_by_name("src")
             src.set_property("caps", Gst.Caps.from_string(caps))
@@ -402,6 +434,7 @@ def main(argv: list[str] | None = None) -> int:
         metavar="N",
         help="end each session's stream after N frames (default: loop forever)",
     )
+    parser.add_argument("--frames-dir", help="serve the .jpg files of this folder as motion JPEG instead of the clip")
     parser.add_argument("--username")
     parser.add_argument("--password", default="")
     args = parser.parse_args(argv)

@@ -1,7 +1,7 @@
 """Alerts for the command centre: agencies, routing rules, alerts, their steps and deliveries.
 
 Revision ID: 0040
-Revises: 0010
+Revises: 0030
 Create Date: 2026-11-23
 
 Types are spelled out here rather than imported from models.py, so that this migration keeps
@@ -18,7 +18,7 @@ from alembic import op
 from sqlalchemy.dialects import postgresql
 
 revision: str = "0040"
-down_revision: str | None = "0010"
+down_revision: str | None = "0030"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
