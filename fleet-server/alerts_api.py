@@ -9,14 +9,14 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, HTTPException, Path, Query, Request
+from fastapi import APIRouter, HTTPException, Path, Query, Request, Response
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from starlette.concurrency import run_in_threadpool
 
 from polewatch.protocol.topics import DEVICE_ID_PATTERN
 
-from . import alerts
+from . import alerts, evidence
 from .alert_schemas import (
     AgencyIn,
     AgencyOut,
@@ -246,3 +246,38 @@ async def retry_delivery(
     out = await run_in_threadpool(_retry, svc, delivery_id, actor)
     request.app.state.dispatcher.wake()
     return out
+
+
+# --- evidence --------------------------------------------------------------------------------------------
+
+
+@router.get("/alerts/{alert_id}/snapshots", tags=["alerts"], summary="The pictures of an alert's event",
+            dependencies=rule(Permission.ALERTS_READ), responses=NOT_FOUND)  # fmt: skip
+def list_snapshots(alert_id: AlertId, svc: ServicesDep) -> list[dict[str, Any]]:
+    with svc.sessions() as session:
+        alert = session.get(Alert, alert_id)
+        if alert is None:
+            raise HTTPException(status_code=404, detail=f"no alert {alert_id}")
+        return [evidence.snapshot_meta(s) for s in evidence.snapshots_of(session, alert)]
+
+
+@router.get(
+    "/alerts/{alert_id}/evidence",
+    tags=["alerts"],
+    summary="Evidence package: a zip of alert.json, the images and a SHA256SUMS manifest",
+    dependencies=rule(Permission.ALERTS_HANDLE),
+    response_class=Response,
+    responses={**NOT_FOUND, 200: {"content": {"application/zip": {}}, "description": "The package."}},
+)
+def export_evidence(alert_id: AlertId, request: Request, svc: ServicesDep) -> Response:
+    actor = principal(request).actor(client_address(request))
+    with svc.sessions.begin() as session:
+        alert = session.get(Alert, alert_id)
+        if alert is None:
+            raise HTTPException(status_code=404, detail=f"no alert {alert_id}")
+        data, digest = evidence.package(session, alert, actor.name)
+        # Exporting evidence is itself on the record: who took which package (by its hash), when.
+        record(session, actor, "alert.evidence_export", "alert", alert.id, after={"sha256": digest, "bytes": len(data)})
+    name = f"alert-{alert_id}-evidence.zip"
+    headers = {"Content-Disposition": f'attachment; filename="{name}"', "X-Content-SHA256": digest}
+    return Response(data, media_type="application/zip", headers=headers)

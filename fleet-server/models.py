@@ -21,6 +21,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     TypeDecorator,
@@ -545,3 +546,36 @@ class Delivery(Base):
     next_attempt_at: Mapped[datetime] = mapped_column(UtcDateTime())
     created_at: Mapped[datetime] = mapped_column(UtcDateTime())
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
+class AlertSnapshot(Base):
+    """A picture the agent sent with a detection event (`snapshot` kind): evidence for its alert.
+
+    Linked to alerts by (device_id, camera_id, event_id) rather than by a key, because a snapshot
+    may arrive before its detection (separate outbox classes) or for an event that raised no alert.
+    """
+
+    __tablename__ = "alert_snapshots"
+    __table_args__ = (
+        Index("ix_alert_snapshots_event", "device_id", "camera_id", "event_id", "id"),
+        {"sqlite_autoincrement": True},
+    )
+
+    id: Mapped[int] = mapped_column(RowId, primary_key=True, autoincrement=True)
+    message_id: Mapped[str] = mapped_column(String(36), unique=True)
+    device_id: Mapped[str] = mapped_column(String(64), ForeignKey("devices.device_id"))
+    seq: Mapped[int] = mapped_column(BigInteger())
+    camera_id: Mapped[str] = mapped_column(String(64))
+    event_id: Mapped[str] = mapped_column(String(80))
+    phase: Mapped[str] = mapped_column(String(8))
+    label: Mapped[str] = mapped_column(String(64))
+    score: Mapped[float] = mapped_column(Float())
+    box: Mapped[dict[str, Any]] = mapped_column(JsonDoc)
+    width: Mapped[int] = mapped_column(Integer())
+    height: Mapped[int] = mapped_column(Integer())
+    redactions: Mapped[list[str]] = mapped_column(JsonDoc)
+    jpeg: Mapped[bytes] = mapped_column(LargeBinary())
+    sha256: Mapped[str] = mapped_column(String(64))
+    frame_time: Mapped[datetime] = mapped_column(UtcDateTime())
+    sent_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    received_at: Mapped[datetime] = mapped_column(UtcDateTime())

@@ -17,6 +17,7 @@ ranges the device will never send, and a live online presence measures the devic
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -38,6 +39,7 @@ from polewatch.protocol import (
     HealthMessage,
     PresenceMessage,
     RuleEventMessage,
+    SnapshotMessage,
     V1Message,
 )
 
@@ -45,6 +47,7 @@ from . import alerts, config_store
 from .alert_schemas import AlertChangeOut, AlertOut, StepOut
 from .models import (
     Alert,
+    AlertSnapshot,
     CameraHealthEvent,
     Device,
     DeviceClock,
@@ -158,6 +161,8 @@ class Store:
             return self._given_up(session, message, item.received_at)
         if isinstance(message, RuleEventMessage):
             return self._rule_event(session, message, item.received_at)
+        if isinstance(message, SnapshotMessage):
+            return self._snapshot(session, message, item.received_at)
         if isinstance(message, PresenceMessage):
             return self._presence(session, message, item.received_at)
         if isinstance(message, ConfigReportMessage | CommandAckMessage):
@@ -242,6 +247,26 @@ class Store:
         event = EventOut.of(Event(id=row_id, **values))  # a transient copy: no second SELECT
         alert = self._alert(session, msg, received_at)
         return Outcome(event=event, device=DeviceOut.of(device) if created else None, alert=alert)
+
+    def _snapshot(self, session: Session, msg: SnapshotMessage, received_at: datetime) -> Outcome:
+        """Kept as alert evidence: the JPEG as sent (already redacted at the edge) and its SHA-256."""
+        device, created = self._device(session, msg.device_id, received_at)
+        body = msg.body
+        jpeg = body.jpeg_bytes()
+        row_id = _insert_ignore(
+            session,
+            AlertSnapshot.__table__,  # type: ignore[arg-type]
+            {
+                "message_id": msg.id, "device_id": msg.device_id, "seq": msg.seq, "camera_id": body.camera_id,
+                "event_id": body.event_id, "phase": body.phase, "label": body.label, "score": body.score,
+                "box": body.box.model_dump(mode="json"), "width": body.width, "height": body.height,
+                "redactions": list(body.redactions), "jpeg": jpeg, "sha256": hashlib.sha256(jpeg).hexdigest(),
+                "frame_time": body.frame_time, "sent_at": msg.sent_at, "received_at": received_at,
+            },
+        )  # fmt: skip
+        if row_id is None:
+            return Outcome(duplicate=True)
+        return Outcome(device=DeviceOut.of(device) if created else None)
 
     def _rule_event(self, session: Session, msg: RuleEventMessage, received_at: datetime) -> Outcome:
         """Rule events are kept as alerts only (the starts); the others just count as received."""

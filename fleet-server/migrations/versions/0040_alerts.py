@@ -123,9 +123,39 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name=op.f("pk_alert_deliveries")),
     )
     op.create_index("ix_alert_deliveries_state_id", "alert_deliveries", ["state", "id"])
+    op.create_table(
+        "alert_snapshots",
+        sa.Column("id", _row_id(), autoincrement=True, nullable=False),
+        sa.Column("message_id", sa.String(length=36), nullable=False),
+        sa.Column("device_id", sa.String(length=64), nullable=False),
+        sa.Column("seq", sa.BigInteger(), nullable=False),
+        sa.Column("camera_id", sa.String(length=64), nullable=False),
+        sa.Column("event_id", sa.String(length=80), nullable=False),
+        sa.Column("phase", sa.String(length=8), nullable=False),
+        sa.Column("label", sa.String(length=64), nullable=False),
+        sa.Column("score", sa.Float(), nullable=False),
+        sa.Column("box", _json(), nullable=False),
+        sa.Column("width", sa.Integer(), nullable=False),
+        sa.Column("height", sa.Integer(), nullable=False),
+        sa.Column("redactions", _json(), nullable=False),
+        sa.Column("jpeg", sa.LargeBinary(), nullable=False),
+        sa.Column("sha256", sa.String(length=64), nullable=False),
+        sa.Column("frame_time", _ts(), nullable=False),
+        sa.Column("sent_at", _ts(), nullable=False),
+        sa.Column("received_at", _ts(), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["device_id"], ["devices.device_id"], name=op.f("fk_alert_snapshots_device_id_devices")
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_alert_snapshots")),
+        sa.UniqueConstraint("message_id", name=op.f("uq_alert_snapshots_message_id")),
+        sqlite_autoincrement=True,
+    )
+    op.create_index("ix_alert_snapshots_event", "alert_snapshots", ["device_id", "camera_id", "event_id", "id"])
 
 
 def downgrade() -> None:
+    op.drop_index("ix_alert_snapshots_event", table_name="alert_snapshots")
+    op.drop_table("alert_snapshots")
     op.drop_index("ix_alert_deliveries_state_id", table_name="alert_deliveries")
     op.drop_table("alert_deliveries")
     op.drop_index("ix_alert_steps_alert_id_id", table_name="alert_steps")
