@@ -43,7 +43,7 @@ async def publish_all(broker: brokers.BrokerProcess, payloads: list[bytes], wind
     topic = topics.up("pole-a", "detection")
     async with aiomqtt.Client(
         broker.host, broker.port, username="pole-a", password=brokers.USERS["pole-a"],
-        identifier=f"bench-pub-{time.monotonic_ns()}", max_inflight_messages=window,
+        identifier=f"bench-pub-{time.monotonic_ns()}", max_inflight_messages=window, timeout=120,
     ) as client:  # fmt: skip
         gate = asyncio.Semaphore(window)
 
