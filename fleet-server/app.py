@@ -22,7 +22,18 @@ from starlette.concurrency import run_in_threadpool
 
 from polewatch import __version__
 
-from . import api, config_api, delivery, enrolment_api, errors, people_api, registry_api, stream
+from . import (
+    alerts_api,
+    alerts_stream,
+    api,
+    config_api,
+    delivery,
+    enrolment_api,
+    errors,
+    people_api,
+    registry_api,
+    stream,
+)
 from .auth import COOKIE, PUBLIC, authenticate, unruled_routes
 from .db import make_engine, make_sessionmaker, safe_url, upgrade
 from .feed import Feed
@@ -31,6 +42,7 @@ from .login_limits import LoginLimits
 from .services import Services
 from .settings import Settings
 from .store import Store
+from .webhooks import Dispatcher
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +52,8 @@ SHUTDOWN_GRACE_S = 5
 ROUTERS = (
     api.router, delivery.router, stream.router, people_api.router, registry_api.router, enrolment_api.router,
     config_api.router, api.health_router,
+    alerts_stream.router,  # before alerts_api: /api/alerts/stream is not an /api/alerts/{alert_id}
+    alerts_api.router,
 )  # fmt: skip
 
 
@@ -53,12 +67,14 @@ def create_app(settings: Settings | None = None, *, run_ingest: bool = True, mig
     engine = make_engine(settings.database_url)
     sessions = make_sessionmaker(engine)
     feed = Feed()
-    store = Store(sessions)
+    store = Store(sessions, settings.alert_timezone)
     ingest = Ingest(settings, store, feed)
     limits = LoginLimits(settings.login_per_minute_per_client, settings.login_failures_per_user)
     services = Services(
         settings=settings, engine=engine, sessions=sessions, store=store, feed=feed, ingest=ingest, login_limits=limits
     )
+
+    dispatcher = Dispatcher(settings, sessions)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -69,10 +85,14 @@ def create_app(settings: Settings | None = None, *, run_ingest: bool = True, mig
             extra={"database": safe_url(settings.database_url), "ingest": run_ingest, "version": __version__},
         )
         task = asyncio.create_task(ingest.run(), name="mqtt-ingest") if run_ingest else None
+        deliveries = asyncio.create_task(dispatcher.run(), name="alert-deliveries")
         try:
             yield
         finally:
             feed.close()
+            deliveries.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await deliveries
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -88,6 +108,7 @@ def create_app(settings: Settings | None = None, *, run_ingest: bool = True, mig
         lifespan=lifespan,
     )
     app.state.services = services
+    app.state.dispatcher = dispatcher
     for router in ROUTERS:
         app.include_router(router)
 

@@ -23,9 +23,9 @@ DEFAULT_BUFFER = 1000
 
 @dataclass(frozen=True)
 class FeedItem:
-    kind: Literal["detection", "device"]
+    kind: Literal["detection", "device", "alert"]
     data: dict[str, Any]
-    id: int | None = None  # the events row id, for detections
+    id: int | None = None  # the events row id, for detections; the alert_steps row id, for alerts
 
 
 class Subscription:

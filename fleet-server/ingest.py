@@ -39,9 +39,10 @@ from .store import Outcome, Received, Store, TransientStoreError
 log = logging.getLogger(__name__)
 
 BATCH_MAX = 200
-# Kinds stored as rows. Other v1 kinds (rule_event) are rejected as unknown_kind, but their sequence
-# numbers are still noted as received, so they never show as gaps in the delivery accounting.
-STORED_KINDS: tuple[str, ...] = (*CORE_KINDS, "given_up", "config_report", "command_ack")
+# Kinds stored as rows (rule_event: its starts, as alerts; snapshot: as alert evidence). Other v1 kinds
+# are rejected as unknown_kind, but their sequence numbers are still noted as received, so they never show
+# as gaps in the accounting.
+STORED_KINDS: tuple[str, ...] = (*CORE_KINDS, "given_up", "config_report", "command_ack", "rule_event", "snapshot")
 STORE_RETRY_MAX_S = 10.0
 
 
@@ -308,3 +309,5 @@ class Ingest:
             self._feed.publish(FeedItem("device", outcome.device.model_dump(mode="json")))
         if outcome.event is not None:
             self._feed.publish(FeedItem("detection", outcome.event.model_dump(mode="json"), outcome.event.id))
+        if outcome.alert is not None:
+            self._feed.publish(FeedItem("alert", outcome.alert.model_dump(mode="json"), outcome.alert.step.id))

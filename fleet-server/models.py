@@ -21,6 +21,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     TypeDecorator,
@@ -567,3 +568,139 @@ class EnrolmentCode(Base):
     box_fingerprint: Mapped[str | None] = mapped_column(String(64), default=None)
     device_id: Mapped[str | None] = mapped_column(String(64), default=None)
     revoked_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), default=None)
+
+
+# --- alerts for the command centre -------------------------------------------------------------------
+
+
+class Agency(Base):
+    """Who alerts go to: police, fire brigade, the city's cleaning service (littering)...
+
+    `format` says how they take alerts: `json` (our signed webhook body) or `cap` (OASIS CAP 1.2
+    XML, what emergency services' systems read). `secret` signs every delivery (HMAC-SHA256).
+    """
+
+    __tablename__ = "agencies"
+
+    id: Mapped[int] = mapped_column(RowId, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    webhook_url: Mapped[str | None] = mapped_column(String(500))
+    format: Mapped[str] = mapped_column(String(8), doc="json or cap.")
+    secret: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
+class RoutingRule(Base):
+    """One routing rule: every condition that is set must match; the lowest `position` wins."""
+
+    __tablename__ = "routing_rules"
+
+    id: Mapped[int] = mapped_column(RowId, primary_key=True, autoincrement=True)
+    position: Mapped[int] = mapped_column(Integer())
+    agency_id: Mapped[int] = mapped_column(RowId, ForeignKey("agencies.id"))
+    event_type: Mapped[str | None] = mapped_column(String(80), doc="Exact, or a prefix ending in '*'.")
+    rule_id: Mapped[str | None] = mapped_column(String(64), doc="The agent's zone/line rule id.")
+    site: Mapped[str | None] = mapped_column(String(64), doc="A device id prefix (pole ids start with the site).")
+    device_id: Mapped[str | None] = mapped_column(String(64))
+    from_minute: Mapped[int | None] = mapped_column(Integer(), doc="Minutes after local midnight, inclusive.")
+    to_minute: Mapped[int | None] = mapped_column(Integer(), doc="Exclusive; may be below from_minute (overnight).")
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
+class Alert(Base):
+    """One event from the edge that an operator must look at, and where it is in its lifecycle."""
+
+    __tablename__ = "alerts"
+    __table_args__ = (
+        Index("ix_alerts_status_id", "status", "id"),
+        Index("ix_alerts_device_id_id", "device_id", "id"),
+        {"sqlite_autoincrement": True},
+    )
+
+    id: Mapped[int] = mapped_column(RowId, primary_key=True, autoincrement=True)
+    message_id: Mapped[str] = mapped_column(String(36), unique=True, doc="The edge message it came from.")
+    source: Mapped[str] = mapped_column(String(16), doc="detection, rule_event or camera_health.")
+    event_type: Mapped[str] = mapped_column(String(80), doc="e.g. detection:person, zone:enter, camera:covered.")
+    device_id: Mapped[str] = mapped_column(String(64), ForeignKey("devices.device_id"))
+    camera_id: Mapped[str] = mapped_column(String(64))
+    event_id: Mapped[str | None] = mapped_column(String(80), doc="The track or object id at the edge.")
+    rule_id: Mapped[str | None] = mapped_column(String(64))
+    label: Mapped[str | None] = mapped_column(String(64))
+    detail: Mapped[dict[str, Any]] = mapped_column(JsonDoc, doc="The message body, as received.")
+    occurred_at: Mapped[datetime] = mapped_column(UtcDateTime(), doc="By the device's clock.")
+    received_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    status: Mapped[str] = mapped_column(String(16))
+    routed_agency_id: Mapped[int | None] = mapped_column(RowId, ForeignKey("agencies.id"))
+    agency_id: Mapped[int | None] = mapped_column(RowId, ForeignKey("agencies.id"))
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
+class AlertStep(Base):
+    """One step of an alert's life (created, acknowledged, assigned, resolved, false_alarm).
+
+    Its id is the live stream's cursor: a console that reconnects replays every step after the
+    last one it saw, so it misses neither a new alert nor a colleague's acknowledgement.
+    """
+
+    __tablename__ = "alert_steps"
+    __table_args__ = (Index("ix_alert_steps_alert_id_id", "alert_id", "id"), {"sqlite_autoincrement": True})
+
+    id: Mapped[int] = mapped_column(RowId, primary_key=True, autoincrement=True)
+    alert_id: Mapped[int] = mapped_column(RowId, ForeignKey("alerts.id"))
+    step: Mapped[str] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(16), doc="The alert's status after this step.")
+    actor: Mapped[str] = mapped_column(String(120), doc="user:<name>, token:<name>, or edge:<device> for created.")
+    agency_id: Mapped[int | None] = mapped_column(RowId)
+    note: Mapped[str | None] = mapped_column(String(500))
+    at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
+class Delivery(Base):
+    """One alert sent to one agency: attempts so far, and the outcome. `dead` ones wait for an operator."""
+
+    __tablename__ = "alert_deliveries"
+    __table_args__ = (Index("ix_alert_deliveries_state_id", "state", "id"),)
+
+    id: Mapped[int] = mapped_column(RowId, primary_key=True, autoincrement=True)
+    alert_id: Mapped[int] = mapped_column(RowId, ForeignKey("alerts.id"))
+    agency_id: Mapped[int] = mapped_column(RowId, ForeignKey("agencies.id"))
+    state: Mapped[str] = mapped_column(String(12), doc="pending, delivered or dead.")
+    attempts: Mapped[int] = mapped_column(Integer())
+    last_error: Mapped[str | None] = mapped_column(String(300))
+    last_status: Mapped[int | None] = mapped_column(Integer())
+    next_attempt_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
+class AlertSnapshot(Base):
+    """A picture the agent sent with a detection event (`snapshot` kind): evidence for its alert.
+
+    Linked to alerts by (device_id, camera_id, event_id) rather than by a key, because a snapshot
+    may arrive before its detection (separate outbox classes) or for an event that raised no alert.
+    """
+
+    __tablename__ = "alert_snapshots"
+    __table_args__ = (
+        Index("ix_alert_snapshots_event", "device_id", "camera_id", "event_id", "id"),
+        {"sqlite_autoincrement": True},
+    )
+
+    id: Mapped[int] = mapped_column(RowId, primary_key=True, autoincrement=True)
+    message_id: Mapped[str] = mapped_column(String(36), unique=True)
+    device_id: Mapped[str] = mapped_column(String(64), ForeignKey("devices.device_id"))
+    seq: Mapped[int] = mapped_column(BigInteger())
+    camera_id: Mapped[str] = mapped_column(String(64))
+    event_id: Mapped[str] = mapped_column(String(80))
+    phase: Mapped[str] = mapped_column(String(8))
+    label: Mapped[str] = mapped_column(String(64))
+    score: Mapped[float] = mapped_column(Float())
+    box: Mapped[dict[str, Any]] = mapped_column(JsonDoc)
+    width: Mapped[int] = mapped_column(Integer())
+    height: Mapped[int] = mapped_column(Integer())
+    redactions: Mapped[list[str]] = mapped_column(JsonDoc)
+    jpeg: Mapped[bytes] = mapped_column(LargeBinary())
+    sha256: Mapped[str] = mapped_column(String(64))
+    frame_time: Mapped[datetime] = mapped_column(UtcDateTime())
+    sent_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    received_at: Mapped[datetime] = mapped_column(UtcDateTime())

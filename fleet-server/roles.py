@@ -27,6 +27,9 @@ class Permission(str, Enum):
     AUDIT_READ = "audit:read"
     CONFIG_WRITE = "config:write"  # configuration documents, groups, rollback, publish
     COMMANDS_SEND = "commands:send"  # restart a camera, take a snapshot, set the log level
+    ALERTS_READ = "alerts:read"  # alerts, their steps, the alert stream, agencies, deliveries
+    ALERTS_HANDLE = "alerts:handle"  # acknowledge, assign, resolve, false alarm; retry a delivery
+    ROUTING_MANAGE = "routing:manage"  # agencies and routing rules
     SELF = "self"  # one's own session: who am I, sign out
     REGISTRY_MANAGE = "registry:manage"  # sites, poles, devices, groups, tags; revoke and replace boxes
     ENROLMENT_MANAGE = "enrolment:manage"  # enrolment codes for poles (technicians: on their own sites)
@@ -43,10 +46,11 @@ GRANTS: dict[Role, frozenset[Permission]] = {
         Permission.COMMANDS_SEND,
         Permission.REGISTRY_MANAGE,
         Permission.ENROLMENT_MANAGE,
+        Permission.ALERTS_READ,
     },
     "technician": _EVERYONE | {Permission.ENROLMENT_MANAGE},
-    "operator": _EVERYONE,
-    "viewer": _EVERYONE,
+    "operator": _EVERYONE | {Permission.ALERTS_READ, Permission.ALERTS_HANDLE, Permission.ROUTING_MANAGE},
+    "viewer": _EVERYONE | {Permission.ALERTS_READ},
 }
 
 

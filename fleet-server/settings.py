@@ -53,6 +53,12 @@ class Settings(BaseModel):
     http_host: str = "127.0.0.1"
     http_port: int = Field(default=8080, ge=0, le=65535, description="0 picks a free port.")
     log_level: str = "INFO"
+    alert_timezone: str = Field(
+        default="Asia/Makassar", description="The command centre's time zone (WITA), for routing by time of day."
+    )
+    webhook_timeout_s: float = Field(default=5.0, gt=0, le=60, description="One webhook attempt's time limit.")
+    webhook_attempts: int = Field(default=5, ge=1, le=20, description="Attempts before a delivery is dead-lettered.")
+    webhook_backoff_s: float = Field(default=2.0, gt=0, description="First retry delay; doubles each attempt.")
     session_hours: float = Field(default=12, gt=0, le=24 * 30, description="How long a console sign-in lasts.")
     cookie_secure: bool = Field(
         default=False,

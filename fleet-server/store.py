@@ -17,11 +17,13 @@ ranges the device will never send, and a live online presence measures the devic
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from sqlalchemy import Table, delete, insert, or_, select
 from sqlalchemy.dialects import postgresql, sqlite
@@ -36,11 +38,16 @@ from polewatch.protocol import (
     GivenUpMessage,
     HealthMessage,
     PresenceMessage,
+    RuleEventMessage,
+    SnapshotMessage,
     V1Message,
 )
 
-from . import config_store
+from . import alerts, config_store
+from .alert_schemas import AlertChangeOut, AlertOut, StepOut
 from .models import (
+    Alert,
+    AlertSnapshot,
     CameraHealthEvent,
     Device,
     DeviceClock,
@@ -81,6 +88,7 @@ class Outcome:
     error: str | None = None
     event: EventOut | None = None
     device: DeviceOut | None = None
+    alert: AlertChangeOut | None = None  # the alert this message raised, for the alert stream
 
 
 def _clip(value: str | None, length: int) -> str | None:
@@ -90,8 +98,15 @@ def _clip(value: str | None, length: int) -> str | None:
 class Store:
     """Applies decoded messages to the database."""
 
-    def __init__(self, sessions: sessionmaker[Session]) -> None:
+    def __init__(self, sessions: sessionmaker[Session], alert_timezone: str = "Asia/Makassar") -> None:
         self._sessions = sessions
+        self._tz = ZoneInfo(alert_timezone)
+
+    def _alert(self, session: Session, message: V1Message, received_at: datetime) -> AlertChangeOut | None:
+        change = alerts.raise_from(session, message, received_at, self._tz)
+        if change is None:
+            return None
+        return AlertChangeOut(step=StepOut.of(change.step), alert=AlertOut.of(change.alert))
 
     def apply_batch(self, batch: Sequence[Received]) -> list[Outcome]:
         """Store a batch in one transaction; if that fails, fall back to one transaction per
@@ -144,6 +159,10 @@ class Store:
             return self._camera_health(session, message, item.received_at)
         if isinstance(message, GivenUpMessage):
             return self._given_up(session, message, item.received_at)
+        if isinstance(message, RuleEventMessage):
+            return self._rule_event(session, message, item.received_at)
+        if isinstance(message, SnapshotMessage):
+            return self._snapshot(session, message, item.received_at)
         if isinstance(message, PresenceMessage):
             return self._presence(session, message, item.received_at)
         if isinstance(message, ConfigReportMessage | CommandAckMessage):
@@ -226,7 +245,36 @@ class Store:
         if row_id is None:
             return Outcome(duplicate=True)
         event = EventOut.of(Event(id=row_id, **values))  # a transient copy: no second SELECT
-        return Outcome(event=event, device=DeviceOut.of(device) if created else None)
+        alert = self._alert(session, msg, received_at)
+        return Outcome(event=event, device=DeviceOut.of(device) if created else None, alert=alert)
+
+    def _snapshot(self, session: Session, msg: SnapshotMessage, received_at: datetime) -> Outcome:
+        """Kept as alert evidence: the JPEG as sent (already redacted at the edge) and its SHA-256."""
+        device, created = self._device(session, msg.device_id, received_at)
+        body = msg.body
+        jpeg = body.jpeg_bytes()
+        row_id = _insert_ignore(
+            session,
+            AlertSnapshot.__table__,  # type: ignore[arg-type]
+            {
+                "message_id": msg.id, "device_id": msg.device_id, "seq": msg.seq, "camera_id": body.camera_id,
+                "event_id": body.event_id, "phase": body.phase, "label": body.label, "score": body.score,
+                "box": body.box.model_dump(mode="json"), "width": body.width, "height": body.height,
+                "redactions": list(body.redactions), "jpeg": jpeg, "sha256": hashlib.sha256(jpeg).hexdigest(),
+                "frame_time": body.frame_time, "sent_at": msg.sent_at, "received_at": received_at,
+            },
+        )  # fmt: skip
+        if row_id is None:
+            return Outcome(duplicate=True)
+        return Outcome(device=DeviceOut.of(device) if created else None)
+
+    def _rule_event(self, session: Session, msg: RuleEventMessage, received_at: datetime) -> Outcome:
+        """Rule events are kept as alerts only (the starts); the others just count as received."""
+        device, created = self._device(session, msg.device_id, received_at)
+        if session.scalar(select(Alert.id).where(Alert.message_id == msg.id)) is not None:
+            return Outcome(duplicate=True)
+        alert = self._alert(session, msg, received_at)
+        return Outcome(device=DeviceOut.of(device) if created else None, alert=alert)
 
     def _camera_health(self, session: Session, msg: CameraHealthMessage, received_at: datetime) -> Outcome:
         device, created = self._device(session, msg.device_id, received_at)
@@ -253,7 +301,8 @@ class Store:
         )
         if row_id is None:
             return Outcome(duplicate=True)
-        return Outcome(device=DeviceOut.of(device) if created else None)
+        alert = self._alert(session, msg, received_at)
+        return Outcome(device=DeviceOut.of(device) if created else None, alert=alert)
 
     def _health(self, session: Session, msg: HealthMessage, received_at: datetime) -> Outcome:
         device, _ = self._device(session, msg.device_id, received_at)

@@ -119,7 +119,7 @@ async def stream(
                         continue  # already sent by the replay
                     cursor = item.id
                     yield _detection(item.data, item.id)
-                else:
+                elif item.kind != "alert":  # alerts have their own stream and permission (alerts_stream.py)
                     yield ServerSentEvent(event=item.kind, data=item.data)
             if sub.ended:
                 # Lagged or shutting down: end the response; the browser reconnects with

@@ -4,6 +4,7 @@ the device gave up, gaps still in flight, clock skew from a live presence, and t
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import sqlite3
 from datetime import datetime, timedelta, timezone
@@ -20,7 +21,7 @@ from polewatch.protocol import (
     GivenUpRange,
     OutboxStatus,
     Presence,
-    RuleEvent,
+    Snapshot,
     V1Message,
     build,
     encode,
@@ -163,22 +164,16 @@ async def test_delivery_accounting_out_of_order_duplicates_reports_and_clock(
     assert con.execute("SELECT COUNT(*) FROM given_up_ranges").fetchone() == (3,), "each range stored once"
 
 
-async def test_a_kind_the_server_does_not_store_still_counts_as_received(
+async def test_a_snapshot_between_detections_counts_as_received(
     mosquitto_broker: BrokerProcess, tmp_path: Path
 ) -> None:
     db = tmp_path / "fleet.db"
-    rule = RuleEvent(
-        camera_id="cam1",
-        rule_id="door",
-        rule_type="zone",
-        event="enter",
-        event_id="t1",
-        label="person",
-        box=Box(x1=0.1, y1=0.1, x2=0.2, y2=0.2),
-        frame_time=datetime.now(timezone.utc),
-        frame_width=640,
-        frame_height=480,
-    )
+    # Every v1 up kind is stored now (snapshots as alert evidence); the accounting counts them all alike.
+    rule = Snapshot(
+        camera_id="cam1", event_id="t1", phase="start", label="person", score=0.9,
+        box=Box(x1=0.1, y1=0.1, x2=0.2, y2=0.2), frame_time=datetime.now(timezone.utc), width=64, height=48,
+        jpeg=base64.b64encode(b"\xff\xd8\xff\xd9").decode(),
+    )  # fmt: skip
     async with live_server(settings_for(mosquitto_broker, db)) as base, pole(mosquitto_broker, DEVICE) as pc:
         await pc.send(_detection(0))
         await pc.send(build(rule, device_id=DEVICE, seq=1))
@@ -189,7 +184,7 @@ async def test_a_kind_the_server_does_not_store_still_counts_as_received(
             got = (await http.get(f"api/devices/{DEVICE}/delivery")).json()
             stats = (await http.get("api/ingest/stats")).json()
     assert (got["received"], got["in_flight"], got["gaps"]) == (3, 0, [])
-    assert stats["rejected_by_reason"] == {"unknown_kind": 1}, "still not stored, and said so"
+    assert stats["rejected_by_reason"] == {} and stats["accepted_by_kind"]["snapshot"] == 1
 
 
 def _count(db: Path, table: str) -> int:

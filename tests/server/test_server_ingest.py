@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from polewatch.fleet_server.models import CameraHealthEvent, Device, Event, HealthSample, PresenceChange
+from polewatch.fleet_server.models import Alert, CameraHealthEvent, Device, Event, HealthSample, PresenceChange
 from polewatch.protocol import Box, RuleEvent, build, encode
 from support.brokers import BrokerProcess
 from support.server import (
@@ -146,11 +146,9 @@ async def test_malformed_messages_are_counted_by_reason_and_never_stop_the_inges
         assert not run.task.done()
 
 
-async def test_rule_events_are_counted_as_unknown_until_the_server_stores_them(
-    broker: BrokerProcess, database: str
-) -> None:
-    """Agents with camera rules send `rule_event`; this server decodes only the core kinds, so it
-    rejects them as unknown_kind (acknowledged, never redelivered) and carries on."""
+async def test_rule_events_are_stored_as_alerts(broker: BrokerProcess, database: str) -> None:
+    """Agents with camera rules send `rule_event`; the starting ones (here a line crossed) raise an
+    alert, like a detection's start does."""
     body = RuleEvent(
         camera_id="cam1", rule_id="walkway", rule_type="line", event="cross", event_id="trk-1", label="person",
         box=Box(x1=0.1, y1=0.2, x2=0.3, y2=0.6), frame_time=datetime.now(timezone.utc), frame_width=768,
@@ -161,9 +159,13 @@ async def test_rule_events_are_counted_as_unknown_until_the_server_stores_them(
             await pa.send(build(body, device_id="pole-a", seq=1))
             await pa.send(detection(label="car"))
             await wait_for(lambda: count(run.sessions, Event) == 1, what="the detection after the rule event")
+            await wait_for(lambda: sum(run.ingest.stats.accepted_by_kind.values()) == 2, what="both counted")
         stats = run.ingest.stats.snapshot()
-        assert stats.rejected_by_reason == {"unknown_kind": 1}
-        assert stats.accepted_by_kind == {"detection": 1}
+        assert stats.rejected_by_reason == {}
+        assert stats.accepted_by_kind == {"detection": 1, "rule_event": 1}
+        with run.sessions() as s:
+            got = sorted((a.source, a.event_type, a.rule_id) for a in s.query(Alert))
+        assert got == [("detection", "detection:car", None), ("rule_event", "line:cross", "walkway")]
         assert not run.task.done()
 
 

@@ -74,7 +74,7 @@ async def test_routes_by_roles(database: str) -> None:
     routes = _routes(app)
     samples = {
         "device_id": "pole-a", "user_id": str(user_id), "token_id": "999", "site_id": "site-a", "pole_id": "pole-a",
-        "group_id": "group-a", "code_id": "999",
+        "group_id": "group-a", "code_id": "999", "alert_id": "999", "delivery_id": "999",
     }  # fmt: skip
 
     results: dict[tuple[str, str], dict[str, int]] = {}

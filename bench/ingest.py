@@ -1,0 +1,160 @@
+"""Ingest throughput: messages per second stored by the fleet server, against the raw rate at which
+one aiomqtt subscriber receives the same messages from the same Mosquitto, in the same run.
+
+Each round publishes N detection starts (each also raises an alert: the full write path) from a
+pole's account at QoS 1 with a window of messages in flight, and times first publish -> last one
+received (raw: a plain subscriber counting; stored: the server's ingest, until the N-th row is
+committed). Rounds alternate raw and stored on a fresh database each time; medians are reported.
+SQLite always; PostgreSQL when its server binaries are on the machine (tests/support/postgres.py).
+
+    python bench/ingest.py [--messages N] [--rounds R] [--window W]
+
+Goal: stored >= 0.8 x raw on SQLite. The last line is machine-readable:
+    RESULT ingest raw_rate=... sqlite_rate=... sqlite_ratio=... postgres_rate=... postgres_ratio=...
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import aiomqtt
+from rich.console import Console
+from rich.progress import Progress
+from rich.table import Table
+from sqlalchemy import func, select
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+
+from polewatch.fleet_server.models import Event
+from polewatch.protocol import encode, topics
+from support import brokers, postgres
+from support.server import detection, running_ingest, settings_for
+
+GOAL_RATIO = 0.8
+
+
+async def publish_all(broker: brokers.BrokerProcess, payloads: list[bytes], window: int) -> None:
+    topic = topics.up("pole-a", "detection")
+    async with aiomqtt.Client(
+        broker.host, broker.port, username="pole-a", password=brokers.USERS["pole-a"],
+        identifier=f"bench-pub-{time.monotonic_ns()}", max_inflight_messages=window, timeout=120,
+    ) as client:  # fmt: skip
+        gate = asyncio.Semaphore(window)
+
+        async def one(payload: bytes) -> None:
+            async with gate:
+                await client.publish(topic, payload, qos=1)
+
+        await asyncio.gather(*(one(p) for p in payloads))
+
+
+async def raw_rate(broker: brokers.BrokerProcess, payloads: list[bytes], window: int) -> float:
+    async with aiomqtt.Client(broker.host, broker.port, username="tester", password=brokers.USERS["tester"],
+                              identifier=f"bench-raw-{time.monotonic_ns()}") as sub:  # fmt: skip
+        await sub.subscribe(topics.up("pole-a", "detection"), qos=1)
+        done = asyncio.Event()
+        count = 0
+
+        async def read() -> None:
+            nonlocal count
+            async for _ in sub.messages:
+                count += 1
+                if count == len(payloads):
+                    done.set()
+                    return
+
+        reader = asyncio.create_task(read())
+        start = time.perf_counter()
+        await publish_all(broker, payloads, window)
+        await asyncio.wait_for(done.wait(), 120)
+        elapsed = time.perf_counter() - start
+        reader.cancel()
+    return len(payloads) / elapsed
+
+
+async def stored_rate(broker: brokers.BrokerProcess, url: str, payloads: list[bytes], window: int) -> float:
+    settings = settings_for(broker, url, mqtt_client_id=f"bench-{time.monotonic_ns() % 10**9}", mqtt_shared_group=None)
+    async with running_ingest(settings) as run:
+
+        def stored() -> int:
+            with run.sessions() as s:
+                return int(s.scalar(select(func.count()).select_from(Event)) or 0)
+
+        start = time.perf_counter()
+        await publish_all(broker, payloads, window)
+        while await asyncio.to_thread(stored) < len(payloads):
+            if time.perf_counter() - start > 300:
+                raise RuntimeError("the ingest did not store every message within 300 s")
+            await asyncio.sleep(0.01)
+        return len(payloads) / (time.perf_counter() - start)
+
+
+def batch(n: int, round_no: int) -> list[bytes]:
+    return [encode(detection(label="person", event_id=f"r{round_no}-{i}")) for i in range(n)]
+
+
+async def run(args: argparse.Namespace, tmp: Path) -> dict[str, list[float]]:
+    broker = brokers.mosquitto(tmp / "broker")
+    pg: postgres.PostgresServer | None = None
+    try:
+        pg = postgres.start()
+    except Exception as exc:  # no PostgreSQL binaries here: say so, measure SQLite
+        print(f"PostgreSQL not measured: {exc}")
+    rates: dict[str, list[float]] = {"raw": [], "sqlite": [], "postgres": []}
+    try:
+        with Progress(transient=True) as progress:
+            task = progress.add_task("rounds", total=args.rounds)
+            for r in range(args.rounds):
+                rates["raw"].append(await raw_rate(broker, batch(args.messages, r * 3), args.window))
+                db = f"sqlite:///{tmp / f'fleet-{r}.db'}"
+                rates["sqlite"].append(await stored_rate(broker, db, batch(args.messages, r * 3 + 1), args.window))
+                if pg is not None:
+                    url = pg.create_database("bench")
+                    payloads = batch(args.messages, r * 3 + 2)
+                    rates["postgres"].append(await stored_rate(broker, url, payloads, args.window))
+                    pg.drop_database(url)
+                progress.advance(task)
+    finally:
+        broker.stop()
+        if pg is not None:
+            pg.destroy()
+    return rates
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--messages", type=int, default=5000, help="messages per round (default 5000)")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds; medians are reported (default 3)")
+    parser.add_argument("--window", type=int, default=100, help="QoS 1 messages in flight (default 100)")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="bench-ingest-") as tmp:
+        rates = asyncio.run(run(args, Path(tmp)))
+    raw = statistics.median(rates["raw"])
+    table = Table(title=f"Ingest: {args.messages} detections per round, {args.rounds} rounds, medians")
+    for column in ("path", "messages/s", "x raw"):
+        table.add_column(column, justify="left" if column == "path" else "right")
+    result = {"raw_rate": f"{raw:.0f}"}
+    for name, label in (("raw", "raw aiomqtt subscriber (baseline)"), ("sqlite", "stored, SQLite"),
+                        ("postgres", "stored, PostgreSQL")):  # fmt: skip
+        if not rates[name]:
+            table.add_row(label, "not measured", "-")
+            continue
+        rate = statistics.median(rates[name])
+        table.add_row(label, f"{rate:.0f}", f"{rate / raw:.2f}")
+        if name != "raw":
+            result[f"{name}_rate"] = f"{rate:.0f}"
+            result[f"{name}_ratio"] = f"{rate / raw:.2f}"
+    Console().print(table)
+    ratio = float(result["sqlite_ratio"])
+    print(f"goal: SQLite >= {GOAL_RATIO} x raw: {'met' if ratio >= GOAL_RATIO else 'NOT met'}")
+    print("RESULT ingest " + " ".join(f"{k}={v}" for k, v in result.items()))
+
+
+if __name__ == "__main__":
+    main()

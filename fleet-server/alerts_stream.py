@@ -1,0 +1,85 @@
+"""GET /api/alerts/stream: every alert step (a new alert, an acknowledgement, an assignment, a
+close) as server-sent events of type `alert`, with the step's id as the SSE `id`.
+
+Resume works as in stream.py: the subscription to the live feed is taken before the replay query,
+the replay sends every step after `Last-Event-ID` (or `?after=`) from the database, and live steps
+at or below the last replayed id are skipped. Step ids are committed in order (alerts.py), so a
+console that reconnects gets exactly what it missed, once. A fresh console (no cursor) gets
+nothing old: it loads the list with GET /api/alerts and then follows this stream.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterable
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Query
+from fastapi.sse import EventSourceResponse, ServerSentEvent
+from starlette.concurrency import run_in_threadpool
+
+from . import alerts
+from .alert_schemas import AlertChangeOut, AlertOut, StepOut
+from .api import DENIED, rule
+from .pagination import MAX_ROW_ID
+from .roles import Permission
+from .services import Services, ServicesDep
+from .stream import RECONNECT_MS, REPLAY_PAGE, _cursor
+
+router = APIRouter(prefix="/api")
+
+
+def _event(data: dict[str, Any], step_id: int) -> ServerSentEvent:
+    return ServerSentEvent(event="alert", id=str(step_id), data=data)
+
+
+def _after(svc: Services, cursor: int) -> list[AlertChangeOut]:
+    with svc.sessions() as session:
+        return [
+            AlertChangeOut(step=StepOut.of(c.step), alert=AlertOut.of(c.alert))
+            for c in alerts.steps_after(session, cursor, REPLAY_PAGE)
+        ]
+
+
+def _latest(svc: Services) -> int:
+    with svc.sessions() as session:
+        return alerts.latest_step_id(session)
+
+
+@router.get(
+    "/alerts/stream",
+    response_class=EventSourceResponse,
+    tags=["alerts"],
+    summary="Live alerts: every new alert and every step of one (server-sent events, resumable)",
+    dependencies=rule(Permission.ALERTS_READ),
+    responses=DENIED,
+)
+async def alert_stream(
+    svc: ServicesDep,
+    last_event_id: Annotated[
+        str | None, Header(description="Sent by EventSource on reconnect: replay steps after this id.")
+    ] = None,
+    after: Annotated[
+        int | None, Query(ge=0, le=MAX_ROW_ID, description="Replay steps with an id above this (if no Last-Event-ID).")
+    ] = None,
+) -> AsyncIterable[ServerSentEvent]:
+    cursor = _cursor(last_event_id, after)
+    with svc.feed.subscribe() as sub:
+        yield ServerSentEvent(comment="polewatch alerts", retry=RECONNECT_MS)
+        if cursor is None:
+            cursor = await run_in_threadpool(_latest, svc)
+        else:
+            while True:
+                page = await run_in_threadpool(_after, svc, cursor)
+                for change in page:
+                    yield _event(change.model_dump(mode="json"), change.step.id)
+                    cursor = change.step.id
+                if len(page) < REPLAY_PAGE:
+                    break
+        while True:
+            for item in await sub.next_batch():
+                if item.kind != "alert" or item.id is None or item.id <= cursor:
+                    continue
+                cursor = item.id
+                yield _event(item.data, item.id)
+            if sub.ended:
+                return

@@ -1,0 +1,52 @@
+"""Which agency an alert goes to: the first matching routing rule, by position.
+
+A rule names conditions; each one that is set must match, the unset ones match anything. Time of
+day is the command centre's local time (Settings.alert_timezone), because "littering at night goes
+to the night patrol" is said in local hours. A window may wrap midnight (22:00-06:00).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from .models import Alert, RoutingRule
+
+
+def event_type_matches(pattern: str, event_type: str) -> bool:
+    """Exact, or a prefix when the pattern ends in '*' ("detection:*", "camera:*")."""
+    if pattern.endswith("*"):
+        return event_type.startswith(pattern[:-1])
+    return pattern == event_type
+
+
+def minute_in_window(minute: int, start: int | None, end: int | None) -> bool:
+    if start is None or end is None:
+        return True
+    if start <= end:
+        return start <= minute < end
+    return minute >= start or minute < end  # overnight
+
+
+def matches(rule: RoutingRule, alert: Alert, local: datetime) -> bool:
+    if rule.event_type is not None and not event_type_matches(rule.event_type, alert.event_type):
+        return False
+    if rule.rule_id is not None and rule.rule_id != alert.rule_id:
+        return False
+    if rule.device_id is not None and rule.device_id != alert.device_id:
+        return False
+    if rule.site is not None and not alert.device_id.startswith(rule.site):
+        return False
+    return minute_in_window(local.hour * 60 + local.minute, rule.from_minute, rule.to_minute)
+
+
+def choose(session: Session, alert: Alert, tz: ZoneInfo) -> int | None:
+    """The agency id of the first matching rule, or None (the operator picks one by hand)."""
+    local = alert.occurred_at.astimezone(tz)
+    for rule in session.scalars(select(RoutingRule).order_by(RoutingRule.position, RoutingRule.id)):
+        if matches(rule, alert, local):
+            return rule.agency_id
+    return None
