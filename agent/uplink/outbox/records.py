@@ -1,6 +1,6 @@
 """What goes through the outbox: a waiting row, the answer to a producer, a number given up.
 
-Kept apart from the machinery so the uplink and the tests can read them without the writer thread.
+Kept apart from the machinery: every part of the outbox, the uplink and the tests speak in these.
 """
 
 from __future__ import annotations
