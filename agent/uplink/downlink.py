@@ -57,7 +57,7 @@ class CommandRefused(Exception):
 
 
 class Controls(Protocol):
-    """What the downlink needs of the running agent (agent/runtime.py implements it)."""
+    """What the downlink needs of the running agent (agent/runtime/agent.py implements it)."""
 
     async def apply_config(self, config: AgentConfig) -> list[str]:
         """Switch to `config`, restarting only what changed; returns what changed."""
