@@ -38,6 +38,8 @@ async def test_reports_are_stored_once_bad_ones_rejected_and_late_ones_kept_as_h
 
         await wait_for(lambda: count(run.sessions, ConfigReportRow) == 2 and count(run.sessions, CommandAckRow) == 1,
                        what="two reports and one ack stored")  # fmt: skip
+        # The counters follow the commit (a batch is counted once stored): wait for them too.
+        await wait_for(lambda: run.ingest.stats.snapshot().duplicates >= 1, what="the redelivery counted")
         stats = run.ingest.stats.snapshot()
         assert stats.duplicates == 1
         assert stats.rejected_by_reason.get("invalid_config_report") == 1
