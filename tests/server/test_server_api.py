@@ -169,6 +169,11 @@ async def test_stats_health_console_and_openapi(client: httpx.AsyncClient) -> No
         "/api/config/devices", "/api/config/devices/{device_id}", "/api/config/layers", "/api/config/members",
         "/api/config/members/{device_id}", "/api/config/members/{device_id}/preview", "/api/config/preview",
         "/api/config/publish", "/api/config/rollback", "/api/devices/{device_id}/commands",
+        # alerts and their delivery
+        "/api/alerts", "/api/alerts/stream", "/api/alerts/{alert_id}", "/api/alerts/{alert_id}/acknowledge",
+        "/api/alerts/{alert_id}/assign", "/api/alerts/{alert_id}/resolve", "/api/alerts/{alert_id}/false-alarm",
+        "/api/alerts/{alert_id}/evidence", "/api/alerts/{alert_id}/snapshots", "/api/agencies", "/api/routing-rules",
+        "/api/alert-deliveries", "/api/alert-deliveries/{delivery_id}/retry",
         "/healthz",
     }
     device_404 = spec["paths"]["/api/devices/{device_id}"]["get"]["responses"]["404"]
