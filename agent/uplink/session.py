@@ -210,7 +210,12 @@ class Uplink:
                     # only through a flag some brokers get wrong), and subscribing again is harmless.
                     await client.subscribe(topics.device_down_filter(self.device_id), qos=1)
                     self.subscriptions += 1
-                    await _first_failure(self._drain(client), self._listen(client))
+                    try:
+                        await _first_failure(self._drain(client), self._listen(client))
+                    finally:
+                        # Disconnected as soon as the session failed, not only once the client's own
+                        # teardown (which may wait for its timeout) is over: health says so at once.
+                        self.connected = False
             except aiomqtt.MqttError as exc:
                 delay = random.uniform(0, delays[min(attempt, len(delays) - 1)])
                 tls_problem = _tls_problem(exc) if self.config.tls is not None else None
