@@ -36,7 +36,7 @@ def new_enrolment_code() -> str:
 
 
 def normalise_code(text: str) -> str:
-    """Accept what a person types: any case, spaces or no dashes, O for 0 and I/L for 1 do not exist."""
+    """Accept what a person types: any case, with spaces or without dashes (look-alike letters are never issued)."""
     compact = re.sub(r"[\s-]", "", text.upper())
     if len(compact) == CODE_GROUPS * CODE_GROUP_LEN:
         compact = "-".join(compact[i : i + CODE_GROUP_LEN] for i in range(0, len(compact), CODE_GROUP_LEN))
