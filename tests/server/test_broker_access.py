@@ -21,7 +21,7 @@ from polewatch.fleet_server.broker_access.mosquitto_files import find_dynsec_plu
 from polewatch.fleet_server.broker_access.policy import BROKER_LOG_TOPIC
 from polewatch.fleet_server.broker_access.setup import broker_setup
 from polewatch.protocol import topics
-from support.secure_broker import SecureBroker, start_secure_mosquitto
+from support.secure_broker import SecureBroker, read_until_cut_off, start_secure_mosquitto
 
 pytestmark = [pytest.mark.acl, pytest.mark.mqtt, pytest.mark.server]
 
@@ -123,10 +123,6 @@ async def _payloads_until(client: aiomqtt.Client, last: bytes) -> list[bytes]:
     return received
 
 
-async def _read_until_cut_off(client: aiomqtt.Client) -> None:
-    async for _ in client.messages:
-        pass
-
 
 def _failed(granted: object) -> bool:
     values = [getattr(g, "value", g) for g in granted]  # type: ignore[attr-defined]
@@ -182,7 +178,7 @@ async def test_revoked_box_is_cut_off_within_seconds(secure: SecureBroker, fleet
             account = await dynsec.account(A)
         assert account is not None and account.disabled
         with pytest.raises(aiomqtt.MqttError):
-            await asyncio.wait_for(_read_until_cut_off(a), 5)
+            await asyncio.wait_for(read_until_cut_off(a), 5)
         cut_after = loop.time() - started
         print(f"revoked box disconnected after {cut_after:.3f} s")
         assert cut_after < 5

@@ -26,7 +26,7 @@ from polewatch.fleet_server.models import AuditEntry, EnrolmentCode
 from polewatch.protocol import topics
 from polewatch.protocol.enrolment import BoxFacts, CameraFacts, EnrolmentRequest
 from polewatch.provisioning.identity import fingerprint, load_or_create_key, signing_request
-from support.secure_broker import SecureBroker, start_secure_mosquitto
+from support.secure_broker import SecureBroker, read_until_cut_off, start_secure_mosquitto
 from support.server import add_token, add_user, bearer, settings_for
 
 pytestmark = [pytest.mark.acl, pytest.mark.mqtt, pytest.mark.server]
@@ -83,10 +83,6 @@ def box_client(broker: SecureBroker, grant: dict[str, Any], password: str | None
         tls_context=broker.tls_context(), timeout=5,
     )  # fmt: skip
 
-
-async def read_until_cut_off(box: aiomqtt.Client) -> None:
-    async for _ in box.messages:
-        pass
 
 
 async def connects(broker: SecureBroker, grant: dict[str, Any], password: str | None = None) -> bool:

@@ -10,6 +10,8 @@ import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
+import aiomqtt
+
 from polewatch.fleet_server.broker_access.mosquitto_files import PLUGIN_CANDIDATES
 from polewatch.fleet_server.broker_access.setup import BrokerFiles, broker_setup
 
@@ -59,3 +61,9 @@ def start_secure_mosquitto(workdir: Path, *, require_certificate: bool = False) 
     assert files.local_port is not None
     wait_for_port(files.local_port, timeout=20)
     return SecureBroker(process, files)
+
+
+async def read_until_cut_off(client: aiomqtt.Client) -> None:
+    """Read a box's messages until the broker disconnects it (then aiomqtt raises MqttError)."""
+    async for _ in client.messages:
+        pass
