@@ -84,6 +84,73 @@ def test_extras_keep_the_pole_and_the_server_apart(wheel: Path) -> None:
     assert vision_stack <= extras["agent"] and server_stack <= extras["server"]
 
 
+def _closure(names: set[str]) -> set[str]:
+    """Every distribution `names` pull in, as installed here (the dev environment has them all)."""
+    from importlib import metadata
+
+    seen: set[str] = set()
+    todo = [n.lower() for n in names]
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        try:
+            requires = metadata.requires(name) or []
+        except metadata.PackageNotFoundError:
+            continue
+        for spec in requires:
+            extra = re.search(r"extra == ['\"]([^'\"]+)['\"]", spec)
+            # An extra of a dependency counts only when the project asks for it (sqlalchemy[asyncio]).
+            if extra and f"{name}[{extra.group(1)}]" not in names:
+                continue
+            todo.append(re.split(r"[\s\[<>=!~;(]", spec, maxsplit=1)[0].lower())
+    return {n.replace("_", "-") for n in seen}
+
+
+# Imports a role makes only when the library is there, saying what to install otherwise.
+OPTIONAL_IMPORTS = {"provisioning": {"onnxruntime"}}  # box_check reports a box without the agent installed
+
+
+def _third_party_imports(folder: Path) -> set[str]:
+    found: set[str] = set()
+    for source in folder.rglob("*.py"):
+        for match in re.finditer(r"^\s*(?:import|from) ([A-Za-z_][A-Za-z0-9_]*)", source.read_text(), re.M):
+            found.add(match.group(1))
+    return {m for m in found if m not in sys.stdlib_module_names and m != "polewatch" and m != "__future__"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("folder", "extra"),
+    [("agent", "agent"), ("fleet-server", "server"), ("provisioning", "provision"), ("polewatch", "demo")],
+)
+def test_each_role_extra_installs_what_its_code_imports(wheel: Path, folder: str, extra: str) -> None:
+    """A role installed alone must have every library its code imports (the demo once missed one the
+    dev environment happened to carry)."""
+    from importlib import metadata
+
+    extras = _requires(wheel)
+    wanted = set(extras[""]) | set(extras[extra])
+    if extra == "demo":
+        wanted |= extras["agent"] | extras["server"]
+    # Keep requested extras of dependencies (e.g. sqlalchemy[asyncio]) so their requirements count.
+    with zipfile.ZipFile(wheel) as zf:
+        meta = next(n for n in zf.namelist() if n.endswith(".dist-info/METADATA"))
+        for line in zf.read(meta).decode().splitlines():
+            m = re.match(r"Requires-Dist: ([A-Za-z0-9_.-]+)\[([^\]]+)\]", line)
+            if m:
+                wanted |= {f"{m.group(1).lower()}[{e.strip()}]" for e in m.group(2).split(",")}
+    installed = _closure(wanted)
+    providers = metadata.packages_distributions()
+    missing = {}
+    for module in _third_party_imports(REPO / folder) - OPTIONAL_IMPORTS.get(folder, set()):
+        dists = {d.lower().replace("_", "-") for d in providers.get(module, [])}
+        if dists and not dists & installed:
+            missing[module] = sorted(dists)
+    assert not missing, f"polewatch[{extra}] does not install what {folder}/ imports: {missing}"
+
+
 @pytest.mark.slow
 def test_built_wheel_imports_in_a_fresh_environment(wheel: Path, tmp_path: Path) -> None:
     env_dir = tmp_path / "venv"
