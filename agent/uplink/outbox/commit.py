@@ -32,6 +32,9 @@ class _GroupCommit(_Storage, _Degraded, _Capacity, _Ledger):
         rows = [r for p in puts for r in p.rows]
         statuses: dict[int, AcceptStatus] = {}
         error: BaseException | None = None
+        # The window runs from one commit's start to the next: at most one fsync per window, and a
+        # commit that took long does not make the next batch wait a whole window more.
+        self._last_commit = time.monotonic()
         if self._state != "ok" and time.monotonic() < self._retry_at and not retry_now:
             self._hold(rows, statuses)
         else:
@@ -43,7 +46,6 @@ class _GroupCommit(_Storage, _Degraded, _Capacity, _Ledger):
             except Exception as exc:  # not a disk condition: a bug; tell every waiter
                 log.exception("outbox commit failed")
                 error = exc
-        self._last_commit = time.monotonic()
         answers: list[tuple[_Reply, Any, BaseException | None]] = []
         for w in writes:
             if w.reply is None:
