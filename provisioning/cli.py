@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 if TYPE_CHECKING:
@@ -94,21 +95,27 @@ def discover_cameras_command(
 
     try:
         destination = parse_target(target) if target else None
+    except DiscoveryError as exc:
+        err.print(f"[red]{exc}[/red]", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+    try:
         with err.status(f"asking for ONVIF cameras for {timeout:g} s…"):
             cameras = discover_cameras(timeout, target=destination, interface=interface)
     except DiscoveryError as exc:
         err.print(f"[red]discovery failed:[/red] {exc}", highlight=False)
-        raise typer.Exit(2 if target and "--target" in str(exc) else 1) from None
+        raise typer.Exit(1) from None
     if as_json:
         print(json.dumps([c.as_json() for c in cameras], indent=2))
     elif cameras:
-        table = Table(title=f"{len(cameras)} ONVIF camera{'s' if len(cameras) > 1 else ''}")
-        for col in ("address", "name", "hardware", "location", "ONVIF service", "endpoint"):
+        table = Table(title=f"{len(cameras)} ONVIF camera{'s' if len(cameras) > 1 else ''} (--json for every field)")
+        table.add_column("address", no_wrap=True)
+        for col in ("name", "hardware", "location"):
             table.add_column(col)
+        table.add_column("ONVIF service", overflow="fold")
         for camera in cameras:
             table.add_row(
                 camera.address, camera.name or "", camera.hardware or "", camera.location or "",
-                " ".join(camera.xaddrs), camera.endpoint,
+                camera.xaddrs[0] if camera.xaddrs else "",
             )  # fmt: skip
         out.print(table)
     if not cameras:
@@ -150,7 +157,7 @@ def _fleet_backend(
         )
         raise typer.Exit(2)
     if importlib.util.find_spec("balena") is None:
-        err.print("[red]--balena-fleet needs balena-sdk:[/red] pip install 'polewatch[balena]'", highlight=False)
+        err.print("[red]--balena-fleet needs balena-sdk:[/red] pip install 'polewatch\\[balena]'", highlight=False)
         raise typer.Exit(3)
     from .balena_backend import BalenaBackend
 
@@ -234,7 +241,7 @@ def enrol_command(
     fleet = _fleet_backend(balena_fleet, balena_token_file, balena_device_type, balena_host, balena_timeout)
 
     def show(step: Step) -> None:
-        err.print(f"{_STATE_STYLE[step.state]}  {step.name}: {step.detail}", highlight=False)
+        err.print(f"{_STATE_STYLE[step.state]}  {escape(step.name)}: {escape(step.detail)}", highlight=False)
 
     flow = EnrolmentFlow(
         server_url=server,
@@ -258,7 +265,8 @@ def enrol_command(
     for col in ("step", "result", "detail", "next"):
         table.add_column(col)
     for step in outcome.steps:
-        table.add_row(step.name, _STATE_STYLE[step.state], step.detail, step.next_action)
+        # Escaped: details carry text from outside (API errors, camera names) and hints like polewatch[balena].
+        table.add_row(escape(step.name), _STATE_STYLE[step.state], escape(step.detail), escape(step.next_action))
     out.print(table)
     if outcome.seconds_to_first_heartbeat is not None:
         out.print(f"first heartbeat at the server {outcome.seconds_to_first_heartbeat:.1f} s after the command started")

@@ -281,3 +281,17 @@ def test_enrol_refuses_bad_balena_options_before_doing_anything(
     assert result.exit_code == code, result.output
     assert message in result.output
     assert not (tmp_path / "state").exists(), "nothing may be done on the box when the options are wrong"
+
+
+def test_enrol_without_balena_sdk_says_which_extra_to_install(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "balena" else real_find_spec(name, *a)
+    )
+    monkeypatch.setenv("BALENA_API_KEY", TOKEN)
+    result = runner.invoke(app, [*ENROL, "--state-dir", str(tmp_path / "state"), "--balena-fleet", FLEET])
+    assert result.exit_code == 3, result.output
+    assert "pip install 'polewatch[balena]'" in result.output
+    assert not (tmp_path / "state").exists()
