@@ -65,7 +65,8 @@ class BalenaBackend:
             log.info("balena: registered %s in %s", device.uuid, self.fleet)
         else:
             balena_id, in_fleet = found
-            if in_fleet is not None and in_fleet.lower() != self.fleet.lower():
+            # Compared by slug; a fleet given by its numeric id cannot be compared this way.
+            if in_fleet is not None and "/" in self.fleet and in_fleet.lower() != self.fleet.lower():
                 raise FleetBackendError(
                     f"this box (uuid {device.uuid[:7]}) is already in balena fleet {in_fleet}, not {self.fleet}",
                     "move it in the balena dashboard (or `balena device move`), or pass that fleet; then run again",

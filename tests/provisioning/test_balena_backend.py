@@ -157,6 +157,12 @@ def test_a_box_in_another_fleet_is_not_registered_again(cloud: BalenaCloud) -> N
     assert cloud.writes() == []
 
 
+def test_a_fleet_given_by_id_finds_the_device_without_a_slug_to_compare(cloud: BalenaCloud) -> None:
+    cloud.add_device(UUID)
+    assert "already registered in fleet 42" in register(BalenaBackend(str(FLEET_ID), TOKEN))
+    assert not any(s.path == "/device/register" for s in cloud.sent)
+
+
 def test_a_refused_token_says_to_check_the_key_and_changes_nothing(cloud: BalenaCloud) -> None:
     cloud.fail["device"] = (401, "Unauthorized")
     with pytest.raises(FleetBackendError) as caught:
