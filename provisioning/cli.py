@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import importlib.util
+import json
+import os
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+
+if TYPE_CHECKING:
+    from .fleet_backend import FleetBackend
 
 app = typer.Typer(help="Check a new pole's box and camera before it joins the fleet.", no_args_is_help=True)
 out = Console()
@@ -64,6 +71,99 @@ def check_box_command(
         raise typer.Exit(1)
 
 
+NO_CAMERA_ANSWERED = (
+    "no ONVIF camera answered within {timeout:g} s: check that the camera is powered and on this box's network "
+    "(discovery does not cross routers), that ONVIF is enabled on it (often off by default; Hikvision: Configuration, "
+    "Network, Advanced Settings, Integration Protocol), or probe it by address with --target IP:3702"
+)
+
+
+@app.command("discover-cameras")
+def discover_cameras_command(
+    timeout: Annotated[float, typer.Option(min=0.5, max=60, help="Seconds to wait for answers.")] = 3.0,
+    target: Annotated[
+        str | None,
+        typer.Option(help="Ask one camera at HOST:PORT (unicast, e.g. 192.168.1.64:3702), not the whole network."),
+    ] = None,
+    interface: Annotated[
+        str | None, typer.Option(help="This box's IPv4 address on the cameras' network (boxes with several).")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the cameras as JSON (for scripts).")] = False,
+) -> None:
+    """Find the ONVIF cameras on this box's network (WS-Discovery Probe to 239.255.255.250:3702)."""
+    from .onvif_discovery import DiscoveryError, discover_cameras, parse_target
+
+    try:
+        destination = parse_target(target) if target else None
+    except DiscoveryError as exc:
+        err.print(f"[red]{exc}[/red]", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+    try:
+        with err.status(f"asking for ONVIF cameras for {timeout:g} s…"):
+            cameras = discover_cameras(timeout, target=destination, interface=interface)
+    except DiscoveryError as exc:
+        err.print(f"[red]discovery failed:[/red] {exc}", highlight=False)
+        raise typer.Exit(1) from None
+    if as_json:
+        print(json.dumps([c.as_json() for c in cameras], indent=2))
+    elif cameras:
+        table = Table(title=f"{len(cameras)} ONVIF camera{'s' if len(cameras) > 1 else ''} (--json for every field)")
+        table.add_column("address", no_wrap=True)
+        for col in ("name", "hardware", "location"):
+            table.add_column(col)
+        table.add_column("ONVIF service", overflow="fold")
+        for camera in cameras:
+            table.add_row(
+                camera.address, camera.name or "", camera.hardware or "", camera.location or "",
+                camera.xaddrs[0] if camera.xaddrs else "",
+            )  # fmt: skip
+        out.print(table)
+    if not cameras:
+        err.print(NO_CAMERA_ANSWERED.format(timeout=timeout), highlight=False)
+        raise typer.Exit(1)
+
+
+def _fleet_backend(
+    fleet: str | None, token_file: Path | None, device_type: str | None, host: str, deadline: float
+) -> FleetBackend:
+    """The balena backend the options ask for, or NoBackend; bad options stop before anything is done."""
+    from .fleet_backend import NoBackend
+
+    if fleet is None:
+        if token_file is not None or device_type is not None:
+            err.print("[red]--balena-token-file and --balena-device-type need --balena-fleet SLUG[/red]")
+            raise typer.Exit(2)
+        return NoBackend()
+    if "/" not in fleet and not fleet.isdigit():
+        err.print(
+            f"[red]--balena-fleet {fleet!r}:[/red] expected the fleet's slug, e.g. bontang_city/polewatch "
+            "(shown on the fleet's page in the balena dashboard)",
+            highlight=False,
+        )
+        raise typer.Exit(2)
+    if token_file is not None:
+        try:
+            token = token_file.read_text().strip()
+        except OSError as exc:
+            err.print(f"[red]--balena-token-file:[/red] cannot read {token_file}: {exc.strerror}", highlight=False)
+            raise typer.Exit(2) from None
+    else:
+        token = os.environ.get("BALENA_API_KEY", "").strip()
+    if not token:
+        err.print(
+            "[red]--balena-fleet needs an API key:[/red] put it in a file (--balena-token-file PATH) or in the "
+            "BALENA_API_KEY environment variable (balena dashboard: Preferences, Access tokens)",
+            highlight=False,
+        )
+        raise typer.Exit(2)
+    if importlib.util.find_spec("balena") is None:
+        err.print("[red]--balena-fleet needs balena-sdk:[/red] pip install 'polewatch\\[balena]'", highlight=False)
+        raise typer.Exit(3)
+    from .balena_backend import BalenaBackend
+
+    return BalenaBackend(fleet, token, device_type=device_type, host=host, deadline_s=deadline)
+
+
 _STATE_STYLE = {
     "passed": "[green]pass[/green]",
     "failed": "[red]FAIL[/red]",
@@ -98,6 +198,24 @@ def enrol_command(
     ca_file: Annotated[
         Path | None, typer.Option(help="CA to trust for the server's HTTPS (a private PKI); default: the system's.")
     ] = None,
+    discover: Annotated[
+        bool, typer.Option("--discover", help="Also list the ONVIF cameras that answer on this box's network.")
+    ] = False,
+    balena_fleet: Annotated[
+        str | None,
+        typer.Option(help="Also register the box in this balena fleet (its slug, e.g. bontang_city/polewatch)."),
+    ] = None,
+    balena_token_file: Annotated[
+        Path | None, typer.Option(help="File holding the balena API key (default: the BALENA_API_KEY variable).")
+    ] = None,
+    balena_device_type: Annotated[
+        str | None, typer.Option(help="balena device type, e.g. raspberrypi5 (default: the fleet's).")
+    ] = None,
+    balena_host: Annotated[str, typer.Option(help="balena API host (openBalena: your own).")] = "balena-cloud.com",
+    balena_timeout: Annotated[
+        float, typer.Option(min=1, max=300, help="Seconds to wait for each balena API call.")
+    ] = 20.0,
+    district: Annotated[str | None, typer.Option(help="District tag for the fleet manager (balena).")] = None,
 ) -> None:
     """Bring this box into the fleet: check it, probe the cameras, enrol with the code, start the agent.
 
@@ -106,7 +224,7 @@ def enrol_command(
     itself when the link comes up; the checklist says which steps are pending.
     """
     from .agent_files import spawn_agent
-    from .enrolment_flow import Camera, EnrolmentFlow, Step
+    from .enrolment_flow import Camera, EnrolmentFlow, Step, camera_discovery_step
 
     cameras = []
     for item in camera:
@@ -120,9 +238,10 @@ def enrol_command(
     if start not in ("systemd", "spawn", "none"):
         err.print(f"[red]--start {start!r}:[/red] expected systemd, spawn or none")
         raise typer.Exit(2)
+    fleet = _fleet_backend(balena_fleet, balena_token_file, balena_device_type, balena_host, balena_timeout)
 
     def show(step: Step) -> None:
-        err.print(f"{_STATE_STYLE[step.state]}  {step.name}: {step.detail}", highlight=False)
+        err.print(f"{_STATE_STYLE[step.state]}  {escape(step.name)}: {escape(step.detail)}", highlight=False)
 
     flow = EnrolmentFlow(
         server_url=server,
@@ -136,6 +255,9 @@ def enrol_command(
         heartbeat_timeout_s=wait,
         verify=str(ca_file) if ca_file else True,
         report=show,
+        fleet=fleet,
+        district=district,
+        discover=(lambda: camera_discovery_step(3.0)) if discover else None,
     )
     with err.status("enrolling…"):
         outcome = flow.run()
@@ -143,7 +265,8 @@ def enrol_command(
     for col in ("step", "result", "detail", "next"):
         table.add_column(col)
     for step in outcome.steps:
-        table.add_row(step.name, _STATE_STYLE[step.state], step.detail, step.next_action)
+        # Escaped: details carry text from outside (API errors, camera names) and hints like polewatch[balena].
+        table.add_row(escape(step.name), _STATE_STYLE[step.state], escape(step.detail), escape(step.next_action))
     out.print(table)
     if outcome.seconds_to_first_heartbeat is not None:
         out.print(f"first heartbeat at the server {outcome.seconds_to_first_heartbeat:.1f} s after the command started")

@@ -8,6 +8,7 @@ Re-running is safe: the box's key is reused, so the server answers with the same
 
 from __future__ import annotations
 
+import asyncio
 import json
 import platform
 import socket
@@ -28,8 +29,10 @@ from .agent_files import install_systemd_unit, systemd_available, write_agent_fi
 from .box_check import check_box
 from .camera_probe import ProbeError, probe_camera
 from .enrol_client import EnrolmentRefusedError, ServerUnreachableError, enrol
+from .fleet_backend import FleetBackend, FleetBackendError, NoBackend, box_uuid, fleet_device
 from .identity import fingerprint, key_path, load_or_create_key, signing_request
 from .label import LabelFacts, write_label
+from .onvif_discovery import DiscoveryError, discover_cameras
 
 State = Literal["passed", "failed", "pending", "skipped"]
 PENDING_FILE = "enrolment/pending.json"
@@ -79,6 +82,30 @@ def _board_model() -> str | None:
     return None
 
 
+def camera_discovery_step(
+    timeout_s: float, *, target: tuple[str, int] | None = None, interface: str | None = None
+) -> Step:
+    """`enrol --discover`: the ONVIF cameras that answered, so the technician can check the --camera list.
+
+    Informational: finding none fails nothing (many cameras ship with ONVIF off, and the cameras
+    to use are the ones given with --camera).
+    """
+    try:
+        cameras = discover_cameras(timeout_s, target=target, interface=interface)
+    except DiscoveryError as exc:
+        return Step("camera discovery", "skipped", str(exc), "give the cameras with --camera ID=URL")
+    if not cameras:
+        return Step(
+            "camera discovery", "skipped", f"no ONVIF camera answered within {timeout_s:g} s",
+            "check ONVIF is enabled on the camera and it is on this box's network; --camera is what counts",
+        )  # fmt: skip
+    found = "; ".join(
+        f"{c.name or c.hardware or c.endpoint} at {c.address}" + (f" ({c.xaddrs[0]})" if c.xaddrs else "")
+        for c in cameras
+    )
+    return Step("camera discovery", "passed", f"{len(cameras)} answered: {found}")
+
+
 @dataclass
 class EnrolmentFlow:
     server_url: str
@@ -92,6 +119,9 @@ class EnrolmentFlow:
     heartbeat_timeout_s: float = 120.0
     verify: bool | str = True
     report: Callable[[Step], None] = lambda step: None
+    fleet: FleetBackend = field(default_factory=NoBackend)
+    district: str | None = None
+    discover: Callable[[], Step] | None = None
 
     def run(self) -> Outcome:
         outcome = Outcome()
@@ -112,6 +142,9 @@ class EnrolmentFlow:
                 "; ".join(c.fix for c in failed),
             )
         )
+
+        if self.discover is not None:
+            record(self.discover())
 
         camera_facts, camera_config = [], []
         for camera in self.cameras:
@@ -211,6 +244,11 @@ class EnrolmentFlow:
                     f"when the link is up: polewatch provision finish-enrolment --state-dir {self.state_dir}, "
                     f"then polewatch agent run --config {self.config_path}",
                 ))  # fmt: skip
+            if not isinstance(self.fleet, NoBackend):
+                record(Step(
+                    "fleet manager", "skipped", f"{self.fleet.name}: enrolment pending",
+                    "when the link is up, run the same command again to register the box there",
+                ))  # fmt: skip
             return outcome
         except EnrolmentRefusedError as exc:
             record(Step("enrolment", "failed", str(exc), "see the message; nothing was written on the box"))
@@ -233,6 +271,7 @@ class EnrolmentFlow:
             cameras=camera_config,
         )
         record(Step("agent files", "passed", f"{self.config_path} (owner-only)"))
+        record(self._fleet_step(grant))
 
         record(self._start())
         if outcome.steps[-1].state == "passed":
@@ -256,6 +295,15 @@ class EnrolmentFlow:
         outcome.label_files = write_label(facts, self.label_dir)
         record(Step("label", "passed", " and ".join(str(p) for p in outcome.label_files)))
         return outcome
+
+    def _fleet_step(self, grant: EnrolmentGrant) -> Step:
+        """Register the box with its fleet manager (balena) too; a failure here does not stop the agent."""
+        device = fleet_device(grant, uuid=box_uuid(grant.box_fingerprint), district=self.district)
+        try:
+            result = asyncio.run(self.fleet.register(device))
+        except FleetBackendError as exc:
+            return Step("fleet manager", "failed", exc.detail, exc.next_action)
+        return Step("fleet manager", result.state, result.detail)
 
     def _start(self) -> Step:
         if self.start == "none":

@@ -82,6 +82,8 @@ def test_extras_keep_the_pole_and_the_server_apart(wheel: Path) -> None:
     assert not extras["server"] & vision_stack
     assert not extras[""] & (server_stack | vision_stack), "the base install is contract + CLI only"
     assert vision_stack <= extras["agent"] and server_stack <= extras["server"]
+    # balena-sdk brings Twisted: only the cities on balenaOS install it, through its own extra.
+    assert "balena-sdk" in extras["balena"] and "balena-sdk" not in extras["provision"]
 
 
 def _closure(names: set[str]) -> set[str]:
@@ -109,7 +111,9 @@ def _closure(names: set[str]) -> set[str]:
 
 
 # Imports a role makes only when the library is there, saying what to install otherwise.
-OPTIONAL_IMPORTS = {"provisioning": {"onnxruntime"}}  # box_check reports a box without the agent installed
+# box_check reports a box without the agent installed; balena-sdk comes with the [balena] extra, imported
+# only when `enrol --balena-fleet` is given (the command checks for it first and says what to install).
+OPTIONAL_IMPORTS = {"provisioning": {"onnxruntime", "balena"}}
 
 
 def _third_party_imports(folder: Path) -> set[str]:
