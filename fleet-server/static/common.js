@@ -131,7 +131,9 @@ const PW = (function () {
   document.addEventListener("DOMContentLoaded", () => {
     $("sign-out").addEventListener("click", async () => {
       try {
-        await fetch("/api/auth/logout", { method: "POST", credentials: "same-origin" });
+        await api("POST", "/api/auth/logout");
+      } catch (err) {
+        // signed out or not, the sign-in page is next
       } finally {
         window.location.assign("/login");
       }
