@@ -16,6 +16,15 @@
   const STATUS_TEXT = { new: "new", acknowledged: "acknowledged", assigned: "assigned", resolved: "resolved", false_alarm: "false alarm" };
   const STEP_TEXT = { created: "raised", acknowledge: "acknowledged", assign: "assigned", resolve: "resolved", false_alarm: "false alarm" };
 
+  // The lifecycle steps, each call written out so that every request of the page can be checked
+  // against the server's OpenAPI schema (tests/server/test_console_pages.py).
+  const STEP = {
+    acknowledge: (id, body) => PW.api("POST", `/api/alerts/${id}/acknowledge`, body),
+    assign: (id, body) => PW.api("POST", `/api/alerts/${id}/assign`, body),
+    resolve: (id, body) => PW.api("POST", `/api/alerts/${id}/resolve`, body),
+    "false-alarm": (id, body) => PW.api("POST", `/api/alerts/${id}/false-alarm`, body),
+  };
+
   const { $, el, clock, when, api, url, showError } = PW;
   const alerts = new Map(); // id -> alert JSON
   const agencies = new Map(); // id -> agency JSON
@@ -186,7 +195,7 @@
     if (name === "assign" && $("assign-agency").value) body.agency_id = Number($("assign-agency").value);
     showError("alert-action-error", null);
     try {
-      const change = await api("POST", `/api/alerts/${id}/${name}`, body);
+      const change = await STEP[name](id, body);
       put(change.alert);
       $("alert-note").value = "";
     } catch (err) {
