@@ -308,10 +308,11 @@
     button.addEventListener("click", () => step(button.dataset.step));
   }
 
-  PW.page("alerts", { show: loadDead });
-  PW.ready.then(async () => {
+  // Agencies first: every list names them.
+  const started = PW.ready.then(async () => {
     if (!PW.can("alerts:read")) return;
     await loadAgencies();
     connect();
   });
+  PW.page("alerts", { show: () => started.then(loadDead) });
 })();

@@ -136,7 +136,8 @@ async def test_operator_sees_alerts_live_handles_them_and_misses_none_across_a_s
             await see(timeline.nth(2).locator(".agency")).to_have_text("→ Satpol PP")
             await see(page.locator("#alert-action-error")).to_have_text("")
             await see(first.locator(".agency")).to_have_text("Satpol PP")
-            await see(page.locator("#alert-evidence")).to_have_attribute("href", re.compile(r"/api/alerts/\d+/evidence$"))
+            evidence = page.locator("#alert-evidence")
+            await see(evidence).to_have_attribute("href", re.compile(r"/api/alerts/\d+/evidence$"))
             # The agency filter: this alert is assigned, so "not assigned" hides it.
             await page.select_option("#alert-agency", "none")
             await see(rows).to_have_count(0)
@@ -184,134 +185,140 @@ async def test_ops_previews_applies_and_rolls_back_configuration_and_a_viewer_se
     errors: list[str] = []
     see = expect()
 
-    async with chromium() as browser, pole(mosquitto_broker, "pole-a") as pa, live_server(settings) as base:
-        async with httpx.AsyncClient(base_url=base, headers=admin) as http:
-            for path, body in [
-                ("api/sites", {"site_id": "bontang-utara", "name": "Bontang Utara", "district": "Bontang Utara"}),
-                ("api/poles", {"pole_id": "p-17", "site_id": "bontang-utara", "name": "Jl. Ahmad Yani 17"}),
-                ("api/registry/devices", {"device_id": "pole-a", "pole_id": "p-17", "cameras": ["cam1", "cam2"]}),
-                ("api/agencies", {"name": "Dishub", "secret": "s" * 20,
-                                  "webhook_url": f"http://127.0.0.1:{free_port()}/hook"}),
-            ]:  # fmt: skip
-                made = await http.post(path, json=body)
-                assert made.status_code == 201, made.text
-            await pa.send(presence("pole-a"))
-            await pa.send(health("pole-a"))
-            await wait_for(lambda: _health(http, "pole-a"), what="pole-a's health to be stored")
+    async with (
+        chromium() as browser,
+        pole(mosquitto_broker, "pole-a") as pa,
+        live_server(settings) as base,
+        httpx.AsyncClient(base_url=base, headers=admin) as http,
+    ):
+        for path, body in [
+            ("api/sites", {"site_id": "bontang-utara", "name": "Bontang Utara", "district": "Bontang Utara"}),
+            ("api/poles", {"pole_id": "p-17", "site_id": "bontang-utara", "name": "Jl. Ahmad Yani 17"}),
+            ("api/registry/devices", {"device_id": "pole-a", "pole_id": "p-17", "cameras": ["cam1", "cam2"]}),
+            ("api/agencies", {"name": "Dishub", "secret": "s" * 20,
+                              "webhook_url": f"http://127.0.0.1:{free_port()}/hook"}),
+        ]:  # fmt: skip
+            made = await http.post(path, json=body)
+            assert made.status_code == 201, made.text
+        await pa.send(presence("pole-a"))
+        await pa.send(health("pole-a"))
+        await wait_for(lambda: _health(http, "pole-a"), what="pole-a's health to be stored")
 
-            ops = await signed_in(browser, base, "otto", errors)
-            await ops.goto(f"{base}#config")
-            await see(ops.locator("#whoami")).to_have_text("otto (ops)")
-            editor = ops.locator("#config-document")
-            await see(editor).to_have_value("{}")
-            await see(ops.locator("#config-apply")).to_be_disabled()
+        ops = await signed_in(browser, base, "otto", errors)
+        await ops.goto(f"{base}#config")
+        await see(ops.locator("#whoami")).to_have_text("otto (ops)")
+        editor = ops.locator("#config-document")
+        await see(editor).to_have_value("{}")
+        await see(ops.locator("#config-apply")).to_be_disabled()
 
-            # Not JSON, and a document the agent would refuse: both said, nothing can be applied.
-            await editor.fill("{detect: 2}")
+        # Not JSON, and a document the agent would refuse: both said, nothing can be applied.
+        await editor.fill("{detect: 2}")
+        await ops.click("#config-preview")
+        await see(ops.locator("#config-error")).to_contain_text("the document is not JSON")
+        await editor.fill('{"detect": {"fps": -1}}')
+        await ops.click("#config-preview")
+        await see(ops.locator("#config-error")).to_contain_text("detect.fps")
+        await see(ops.locator("#config-apply")).to_be_disabled()
+
+        # Preview: which device changes and how; then apply (version 1), and a second change (2).
+        preview = ops.locator("#preview-rows tr")
+        for version, fps, path, before, after in [
+            (1, 2, "detect", "not set", '{"fps":2}'),
+            (2, 3, "detect.fps", "2", "3"),
+        ]:
+            await editor.fill(f'{{"detect": {{"fps": {fps}}}}}')
             await ops.click("#config-preview")
-            await see(ops.locator("#config-error")).to_contain_text("the document is not JSON")
-            await editor.fill('{"detect": {"fps": -1}}')
-            await ops.click("#config-preview")
-            await see(ops.locator("#config-error")).to_contain_text("detect.fps")
-            await see(ops.locator("#config-apply")).to_be_disabled()
-
-            # Preview: which device changes and how; then apply (version 1), and a second change (2).
-            preview = ops.locator("#preview-rows tr")
-            for version, fps, path, before, after in [(1, 2, "detect", "not set", '{"fps":2}'),
-                                                      (2, 3, "detect.fps", "2", "3")]:
-                await editor.fill(f'{{"detect": {{"fps": {fps}}}}}')
-                await ops.click("#config-preview")
-                await see(ops.locator("#preview-summary")).to_have_text("1 device would change, 0 unchanged")
-                await see(preview).to_have_count(1)
-                await see(preview.first.locator(".device-id")).to_have_text("pole-a")
-                await see(preview.first.locator(".path")).to_have_text(path)
-                await see(preview.first.locator(".before")).to_have_text(before)
-                await see(preview.first.locator(".after")).to_have_text(after)
-                await ops.fill("#config-comment", f"fps {fps}")
-                await ops.click("#config-apply")
-                await see(ops.locator("#config-result")).to_have_text(
-                    f"Version {version} of the fleet layer stored. "
-                    f"New desired configuration: pole-a → version {version} (pending)."
-                )
-                await see(ops.locator("#version-rows tr")).to_have_count(version)
-                await see(ops.locator("#config-apply")).to_be_disabled()
-            # Editing after a preview takes the right to apply away until the next preview.
-            await ops.click("#config-preview")
-            await see(ops.locator("#config-apply")).to_be_enabled()
-            await editor.fill('{"detect": {"fps": 4}}')
-            await see(ops.locator("#config-apply")).to_be_disabled()
-
-            # Roll back to version 1: previewed first (3 -> 2), then applied as version 3.
-            await ops.locator('#version-rows tr[data-version="1"] button').click()
-            await see(ops.locator("#config-mode")).to_have_text(
-                "rolling back to version 1: check the preview, then apply"
-            )
-            await see(preview.first.locator(".before")).to_have_text("3")
-            await see(preview.first.locator(".after")).to_have_text("2")
+            await see(ops.locator("#preview-summary")).to_have_text("1 device would change, 0 unchanged")
+            await see(preview).to_have_count(1)
+            await see(preview.first.locator(".device-id")).to_have_text("pole-a")
+            await see(preview.first.locator(".path")).to_have_text(path)
+            await see(preview.first.locator(".before")).to_have_text(before)
+            await see(preview.first.locator(".after")).to_have_text(after)
+            await ops.fill("#config-comment", f"fps {fps}")
             await ops.click("#config-apply")
-            await see(ops.locator("#config-result")).to_contain_text(
-                "Version 3 of the fleet layer stored (rollback to version 1)."
+            await see(ops.locator("#config-result")).to_have_text(
+                f"Version {version} of the fleet layer stored. "
+                f"New desired configuration: pole-a → version {version} (pending)."
             )
-            top = ops.locator("#version-rows tr").first
-            await see(top).to_contain_text("(rollback to version 1)")
-            await see(editor).to_have_value('{\n  "detect": {\n    "fps": 2\n  }\n}')
-            device_row = ops.locator('#config-device-rows tr[data-device-id="pole-a"]')
-            await see(device_row.locator(".desired")).to_have_text("3")
-            state = (await http.get("api/config/devices/pole-a")).json()
-            assert state["desired_version"] == 3 and state["document"] == {"detect": {"fps": 2}}
+            await see(ops.locator("#version-rows tr")).to_have_count(version)
+            await see(ops.locator("#config-apply")).to_be_disabled()
+        # Editing after a preview takes the right to apply away until the next preview.
+        await ops.click("#config-preview")
+        await see(ops.locator("#config-apply")).to_be_enabled()
+        await editor.fill('{"detect": {"fps": 4}}')
+        await see(ops.locator("#config-apply")).to_be_disabled()
 
-            # The fleet page: roll-ups, the site, the device and its configuration drift.
-            await ops.click('.nav a[data-page="fleet"]')
-            await see(ops.locator('#fleet-rollup .card[data-name="devices online"] .value')).to_have_text("1")
-            # The registry expects cam2 and the box does not report it: a blind spot.
-            await see(ops.locator('#fleet-rollup .card[data-name="cameras down"] .value')).to_have_text("1")
-            await see(ops.locator("#blind-spots li")).to_have_text(["pole-a / cam2"])
-            site = ops.locator('#site-rows tr[data-site-id="bontang-utara"]')
-            await see(site.locator("td")).to_have_text(["Bontang Utara", "Bontang Utara", "0", "1", "0", "0", "1", "0", "1"])
-            await ops.locator('#registry-rows tr[data-device-id="pole-a"]').click()
-            await see(ops.locator('#device-config dd[data-fact="drift"]')).to_have_text("pending")
-            await see(ops.locator('#device-config dd[data-fact="desired version"]')).to_have_text("3")
-            await see(ops.locator('#device-delivery dd[data-fact="received"]')).to_have_text("2")
-            await see(ops.locator('#device-health dd[data-fact="cameras"]')).to_have_text("cam1: up, cam2: down")
-            # Ops reads alerts but does not handle them: no Alerts actions, yet the page is there.
-            await see(ops.locator('.nav a[data-page="alerts"]')).to_be_visible()
+        # Roll back to version 1: previewed first (3 -> 2), then applied as version 3.
+        await ops.locator('#version-rows tr[data-version="1"] button').click()
+        await see(ops.locator("#config-mode")).to_have_text("rolling back to version 1: check the preview, then apply")
+        await see(preview.first.locator(".before")).to_have_text("3")
+        await see(preview.first.locator(".after")).to_have_text("2")
+        await ops.click("#config-apply")
+        await see(ops.locator("#config-result")).to_contain_text(
+            "Version 3 of the fleet layer stored (rollback to version 1)."
+        )
+        top = ops.locator("#version-rows tr").first
+        await see(top).to_contain_text("(rollback to version 1)")
+        await see(editor).to_have_value('{\n  "detect": {\n    "fps": 2\n  }\n}')
+        device_row = ops.locator('#config-device-rows tr[data-device-id="pole-a"]')
+        await see(device_row.locator(".desired")).to_have_text("3")
+        state = (await http.get("api/config/devices/pole-a")).json()
+        assert state["desired_version"] == 3 and state["document"] == {"detect": {"fps": 2}}
 
-            # An alert, assigned to the agency nobody answers: its delivery is a dead letter.
-            await pa.send(detection("pole-a", label="person", event_id="walker"))
-            alert_id = await wait_for(lambda: _first_alert(http), what="the alert")
-            agencies = (await http.get("api/agencies")).json()["items"]
-            assigned = await http.post(f"api/alerts/{alert_id}/assign", json={"agency_id": agencies[0]["id"]})
-            assert assigned.status_code == 200, assigned.text
-            await wait_for(lambda: _dead(http), what="the delivery to be dead")
+        # The fleet page: roll-ups, the site, the device and its configuration drift.
+        await ops.click('.nav a[data-page="fleet"]')
+        await see(ops.locator('#fleet-rollup .card[data-name="devices online"] .value')).to_have_text("1")
+        # The registry expects cam2 and the box does not report it: a blind spot.
+        await see(ops.locator('#fleet-rollup .card[data-name="cameras down"] .value')).to_have_text("1")
+        await see(ops.locator("#blind-spots li")).to_have_text(["pole-a / cam2"])
+        site = ops.locator('#site-rows tr[data-site-id="bontang-utara"]')
+        # ok, degraded, offline, never seen; cameras up, degraded, down
+        counts = ["0", "1", "0", "0", "1", "0", "1"]
+        await see(site.locator("td")).to_have_text(["Bontang Utara", "Bontang Utara", *counts])
+        await ops.locator('#registry-rows tr[data-device-id="pole-a"]').click()
+        await see(ops.locator('#device-config dd[data-fact="drift"]')).to_have_text("pending")
+        await see(ops.locator('#device-config dd[data-fact="desired version"]')).to_have_text("3")
+        await see(ops.locator('#device-delivery dd[data-fact="received"]')).to_have_text("2")
+        await see(ops.locator('#device-health dd[data-fact="cameras"]')).to_have_text("cam1: up, cam2: down")
+        # Ops reads alerts but does not handle them: no Alerts actions, yet the page is there.
+        await see(ops.locator('.nav a[data-page="alerts"]')).to_be_visible()
 
-            # A viewer: everything to read, no button that changes anything.
-            viewer = await signed_in(browser, base, "vera", errors)
-            await viewer.goto(f"{base}#alerts")
-            await see(viewer.locator("#whoami")).to_have_text("vera (viewer)")
-            await viewer.locator("#alert-rows tr").first.click()
-            await see(viewer.locator("#alert-timeline li")).to_have_count(2)
-            await see(viewer.locator("#alert-actions")).to_be_hidden()
-            await see(viewer.locator("#alert-evidence")).to_be_hidden()
-            dead = viewer.locator("#dead-rows tr")
-            await see(dead).to_have_count(1)
-            await see(dead.locator("td").nth(2)).to_have_text("Dishub")
-            await see(dead.locator("button")).to_be_hidden()
-            await viewer.click('.nav a[data-page="config"]')
-            await see(viewer.locator("#version-rows tr")).to_have_count(3)
-            await see(viewer.locator("#config-preview")).to_be_hidden()
-            await see(viewer.locator("#config-apply")).to_be_hidden()
-            await see(viewer.locator("#version-rows button:visible")).to_have_count(0)
+        # An alert, assigned to the agency nobody answers: its delivery is a dead letter.
+        await pa.send(detection("pole-a", label="person", event_id="walker"))
+        alert_id = await wait_for(lambda: _first_alert(http), what="the alert")
+        agencies = (await http.get("api/agencies")).json()["items"]
+        assigned = await http.post(f"api/alerts/{alert_id}/assign", json={"agency_id": agencies[0]["id"]})
+        assert assigned.status_code == 200, assigned.text
+        await wait_for(lambda: _dead(http), what="the delivery to be dead")
 
-            # The operator retries the dead letter: the button works (the retry is on the record).
-            operator = await signed_in(browser, base, "olga", errors)
-            await operator.goto(f"{base}#alerts")
-            await operator.locator("#dead-rows tr button").click()
-            await see(operator.locator("#alert-notice")).to_contain_text("is being sent again")
-            audit = (await http.get("api/audit", params={"action": "delivery.retry"})).json()["items"]
-            assert [e["actor"] for e in audit] == ["user:olga"]
-            await see(operator.locator("#alert-evidence")).to_be_hidden()  # nothing selected yet
-            await operator.locator("#alert-rows tr").first.click()
-            await see(operator.locator("#alert-evidence")).to_be_visible()
+        # A viewer: everything to read, no button that changes anything.
+        viewer = await signed_in(browser, base, "vera", errors)
+        await viewer.goto(f"{base}#alerts")
+        await see(viewer.locator("#whoami")).to_have_text("vera (viewer)")
+        await viewer.locator("#alert-rows tr").first.click()
+        await see(viewer.locator("#alert-timeline li")).to_have_count(2)
+        await see(viewer.locator("#alert-actions")).to_be_hidden()
+        await see(viewer.locator("#alert-evidence")).to_be_hidden()
+        dead = viewer.locator("#dead-rows tr")
+        await see(dead).to_have_count(1)
+        await see(dead.locator("td").nth(2)).to_have_text("Dishub")
+        await see(dead.locator("button")).to_be_hidden()
+        await viewer.click('.nav a[data-page="config"]')
+        await see(viewer.locator("#version-rows tr")).to_have_count(3)
+        await see(viewer.locator("#config-preview")).to_be_hidden()
+        await see(viewer.locator("#config-apply")).to_be_hidden()
+        await see(viewer.locator("#version-rows button:visible")).to_have_count(0)
+
+        # The operator retries the dead letter: the button works (the retry is on the record).
+        operator = await signed_in(browser, base, "olga", errors)
+        await operator.goto(f"{base}#alerts")
+        await operator.locator("#dead-rows tr button").click()
+        await see(operator.locator("#alert-notice")).to_contain_text("is being sent again")
+        audit = (await http.get("api/audit", params={"action": "delivery.retry"})).json()["items"]
+        assert [e["actor"] for e in audit] == ["user:olga"]
+        await see(operator.locator("#alert-evidence")).to_be_hidden()  # nothing selected yet
+        await operator.locator("#alert-rows tr").first.click()
+        await see(operator.locator("#alert-evidence")).to_be_visible()
 
     assert errors == []
 
