@@ -5,7 +5,10 @@ Resume works as in stream.py: the subscription to the live feed is taken before 
 the replay sends every step after `Last-Event-ID` (or `?after=`) from the database, and live steps
 at or below the last replayed id are skipped. Step ids are committed in order (alerts.py), so a
 console that reconnects gets exactly what it missed, once. A fresh console (no cursor) gets
-nothing old: it loads the list with GET /api/alerts and then follows this stream.
+nothing old: it loads the list with GET /api/alerts once this stream's `ready` event has come and
+then follows it. `ready` (data `{after, replayed}`, id = the cursor) ends every replay, also an
+empty one, so a console can tell "caught up, N missed steps replayed" from "still replaying", and its
+EventSource has a Last-Event-ID to resume from even before the first alert.
 """
 
 from __future__ import annotations
@@ -65,6 +68,7 @@ async def alert_stream(
     cursor = _cursor(last_event_id, after)
     with svc.feed.subscribe() as sub:
         yield ServerSentEvent(comment="polewatch alerts", retry=RECONNECT_MS)
+        replayed = 0
         if cursor is None:
             cursor = await run_in_threadpool(_latest, svc)
         else:
@@ -73,8 +77,12 @@ async def alert_stream(
                 for change in page:
                     yield _event(change.model_dump(mode="json"), change.step.id)
                     cursor = change.step.id
+                    replayed += 1
                 if len(page) < REPLAY_PAGE:
                     break
+        # The replay is over: the console can say "caught up N missed", and a fresh one (no cursor)
+        # gets the position to resume from and loads the list only now, so nothing falls between.
+        yield ServerSentEvent(event="ready", id=str(cursor), data={"after": cursor, "replayed": replayed})
         while True:
             for item in await sub.next_batch():
                 if item.kind != "alert" or item.id is None or item.id <= cursor:

@@ -35,7 +35,7 @@ from .people_schemas import (
     UserPage,
     UserPatch,
 )
-from .roles import Permission
+from .roles import GRANTS, Permission
 from .schemas import ErrorOut
 from .services import Services, ServicesDep
 
@@ -82,7 +82,7 @@ def login(body: LoginIn, request: Request, response: Response, svc: ServicesDep)
             raise HTTPException(status_code=401, detail="wrong username or password, or the account is disabled")
         lifetime = timedelta(hours=svc.settings.session_hours)
         _row, secret = people.start_session(session, user, lifetime, client)
-        me = MeOut(kind="user", name=user.username, role=user.role, sites=list(user.sites))
+        me = _me("user", user.username, user.role, list(user.sites))
     response.set_cookie(
         COOKIE, secret, max_age=int(lifetime.total_seconds()), httponly=True, samesite="strict",
         secure=svc.settings.cookie_secure, path="/",
@@ -104,7 +104,12 @@ def logout(request: Request, svc: ServicesDep) -> JSONResponse:
 @router.get("/auth/me", tags=["auth"], summary="Who this request is signed in as", dependencies=rule(Permission.SELF))
 def me(request: Request) -> MeOut:
     who = principal(request)
-    return MeOut(kind=who.kind, name=who.name, role=who.role, sites=who.sites)
+    return _me(who.kind, who.name, who.role, who.sites)
+
+
+def _me(kind: str, name: str, role: str, sites: list[str]) -> MeOut:
+    permissions = sorted(p.value for p in GRANTS.get(role, frozenset()))  # type: ignore[call-overload]
+    return MeOut(kind=kind, name=name, role=role, sites=sites, permissions=permissions)
 
 
 # --- users ---------------------------------------------------------------------------------------------

@@ -39,6 +39,9 @@ class MeOut(BaseModel):
     name: str
     role: Role
     sites: list[str]
+    permissions: list[str] = Field(
+        default_factory=list, description="What the role may do (roles.py), so the console shows only those actions."
+    )
 
 
 class UserIn(BaseModel):

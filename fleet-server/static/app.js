@@ -1,4 +1,4 @@
-// Polewatch console: device list + live detection feed, pushed over one EventSource.
+// Polewatch console, the "Live" page: device list + live detection feed, pushed over one EventSource.
 //
 // The server sends, on every (re)connection, a `devices` snapshot, then `device` changes and
 // `detection`s as they are stored. EventSource reconnects by itself and sends Last-Event-ID, so
@@ -17,30 +17,9 @@
   let lastId = null; // newest detection id received
   let source = null;
 
-  const $ = (id) => document.getElementById(id);
+  const { $, el, clock, ago } = PW;
   const deviceRows = $("device-rows");
   const feedRows = $("feed-rows");
-
-  function el(tag, className, text) {
-    const node = document.createElement(tag);
-    if (className) node.className = className;
-    if (text !== undefined && text !== null) node.textContent = String(text);
-    return node;
-  }
-
-  function clock(iso) {
-    const d = new Date(iso);
-    return isNaN(d) ? "—" : d.toLocaleTimeString([], { hour12: false });
-  }
-
-  function ago(iso) {
-    if (!iso) return "never";
-    const s = Math.max(0, Math.round((Date.now() - new Date(iso).getTime()) / 1000));
-    if (s < 60) return `${s} s ago`;
-    if (s < 3600) return `${Math.floor(s / 60)} min ago`;
-    if (s < 86400) return `${Math.floor(s / 3600)} h ago`;
-    return new Date(iso).toLocaleString();
-  }
 
   function pct(value) {
     return typeof value === "number" ? `${value.toFixed(0)}%` : "—";
@@ -148,7 +127,7 @@
       if (source.readyState === EventSource.CLOSED) {
         setLink("down", "disconnected — retrying");
         // The stream is refused when the session has ended (401): then sign in again.
-        whoami().then((me) => { if (me) setTimeout(connect, RETRY_MS); });
+        PW.whoami().then((me) => { if (me) setTimeout(connect, RETRY_MS); });
       } else {
         setLink("connecting", "reconnecting…");
       }
@@ -171,36 +150,9 @@
     setTimeout(() => { initial = false; }, 1000);
   }
 
-  // --- who is signed in -------------------------------------------------------------------------
-
-  async function whoami() {
-    try {
-      const response = await fetch("/api/auth/me", { credentials: "same-origin" });
-      if (response.status === 401) {
-        window.location.assign("/login");
-        return null;
-      }
-      if (!response.ok) return {};
-      const me = await response.json();
-      $("whoami").textContent = `${me.name} (${me.role})`;
-      return me;
-    } catch (err) {
-      return {}; // server unreachable: keep retrying the stream
-    }
-  }
-
-  $("sign-out").addEventListener("click", async () => {
-    try {
-      await fetch("/api/auth/logout", { method: "POST", credentials: "same-origin" });
-    } finally {
-      window.location.assign("/login");
-    }
-  });
-
   setInterval(() => {
     for (const cell of deviceRows.querySelectorAll(".last-seen")) cell.textContent = ago(cell.dataset.time);
   }, 5000);
 
-  whoami();
   connect();
 })();

@@ -51,7 +51,11 @@ async def test_sign_in_sets_a_strict_http_only_cookie_and_sign_out_ends_it(datab
         assert (await client.get("/api/auth/me")).status_code == 401
         signed_in = await login(client, "olga")
         assert signed_in.status_code == 200
-        assert signed_in.json() == {"kind": "user", "name": "olga", "role": "operator", "sites": []}
+        assert signed_in.json() == {
+            "kind": "user", "name": "olga", "role": "operator", "sites": [],
+            # what the console shows actions for (roles.py)
+            "permissions": ["alerts:handle", "alerts:read", "fleet:read", "routing:manage", "self"],
+        }  # fmt: skip
         cookie = signed_in.headers["set-cookie"]
         assert cookie.startswith("polewatch_session=") and "HttpOnly" in cookie and "SameSite=strict" in cookie
         secret = client.cookies["polewatch_session"]
