@@ -125,6 +125,19 @@ def run(
         str | None,
         typer.Option(envvar="POLEWATCH_ENROLMENT_PUBLIC_URL", help="This server's URL as boxes reach it."),
     ] = None,
+    enrolment_broker_cert_port: Annotated[
+        int | None,
+        typer.Option(
+            envvar="POLEWATCH_ENROLMENT_BROKER_CERT_PORT",
+            help="The broker's certificate listener: boxes then log in with their client certificate.",
+        ),
+    ] = None,
+    broker_crl_file: Annotated[
+        str | None,
+        typer.Option(
+            envvar="POLEWATCH_BROKER_CRL_FILE", help="The broker's CRL, rewritten when a certificate is revoked."
+        ),
+    ] = None,
 ) -> None:
     """Serve the REST API and the console, and ingest MQTT, until Ctrl-C or SIGTERM."""
     from pydantic import SecretStr, ValidationError
@@ -154,6 +167,8 @@ def run(
             enrolment_broker_port=enrolment_broker_port,
             enrolment_ca_file=enrolment_ca_file,
             enrolment_ca_key_file=enrolment_ca_key_file,
+            enrolment_broker_cert_port=enrolment_broker_cert_port,
+            broker_crl_file=broker_crl_file,
             enrolment_public_url=enrolment_public_url,
         )
     except ValidationError as exc:
@@ -209,6 +224,10 @@ def broker_setup_command(
     require_certificate: Annotated[
         bool, typer.Option(help="Boxes must also present a client certificate from this CA (mutual TLS).")
     ] = False,
+    cert_port: Annotated[
+        int | None,
+        typer.Option(help="Also a listener where boxes log in with their client certificate alone (e.g. 8884)."),
+    ] = None,
     plugin: Annotated[
         Path | None, typer.Option(help="Path of mosquitto_dynamic_security.so (found automatically on Debian).")
     ] = None,
@@ -222,8 +241,13 @@ def broker_setup_command(
 
     try:
         files = broker_setup(
-            directory, hosts=host, tls_port=tls_port, local_port=local_port,
-            require_certificate=require_certificate, plugin=plugin,
+            directory,
+            hosts=host,
+            tls_port=tls_port,
+            local_port=local_port,
+            require_certificate=require_certificate,
+            cert_port=cert_port,
+            plugin=plugin,
         )
     except (FileNotFoundError, FileExistsError, ValueError) as exc:
         typer.echo(f"broker-setup: {exc}", err=True)
@@ -231,6 +255,9 @@ def broker_setup_command(
     typer.echo(f"Broker files in {files.directory}:")
     typer.echo(f"  start the broker:   mosquitto -c {files.conf}")
     typer.echo(f"  boxes trust:        {files.ca_file}  (copied to each box at enrolment)")
+    if files.cert_port is not None:
+        typer.echo(f"  certificate login:  port {files.cert_port}; revoked certificates in {files.crl_file} "
+                   "(reload the broker when it changes: systemctl reload mosquitto)")  # fmt: skip
     typer.echo(f"  server secrets:     {files.env_file}  (mode 0600; load it into the server's environment)")
 
 

@@ -28,6 +28,18 @@ def test_refused_connection_carries_the_address_of_its_socket() -> None:
         ("$SYS/broker/log/M/subscribe", "1795456441: pole-1 1 polewatch/v1/pole-1/down/#"),
         ("$SYS/broker/log/M/subscribe", "1795456441: pole-1 0 polewatch/v1/pole-2/down/#"),
         ("$SYS/broker/log/M/subscribe", "1795456441: polewatch-fleet-server-1 1 polewatch/v1/+/up/#"),
+        ("$SYS/broker/log/N", "1795456442: New connection from 10.0.0.9:41000 on port 8884."),
+        ("$SYS/broker/log/E", "1795456442: OpenSSL Error[0]: error:0A000086:SSL routines::certificate verify failed"),
+        (
+            "$SYS/broker/log/N",
+            "1795456443: Client connection from 10.0.0.8 failed: error:0A000086:SSL "
+            "routines::certificate verify failed.",
+        ),
+        (
+            "$SYS/broker/log/N",
+            "1795456443: Client connection from 10.0.0.8 failed: error:0A000126:SSL "
+            "routines::unexpected eof while reading.",
+        ),
         ("$SYS/broker/log/N", "garbage without a timestamp"),
     ]
     events = [e for e in (reader.feed(t, line) for t, line in lines) if e is not None]
@@ -35,6 +47,8 @@ def test_refused_connection_carries_the_address_of_its_socket() -> None:
         ("connect_refused", None, "127.0.0.1:51107", None),
         ("session_takeover", "pole-1", None, None),
         ("subscribe_outside_branch", "pole-1", None, "polewatch/v1/pole-2/down/#"),
+        ("certificate_refused", None, "10.0.0.9:41000", None),
+        ("certificate_refused", None, "10.0.0.8", None),
     ]
     assert events[0].at.timestamp() == 1795456438
 
