@@ -132,12 +132,6 @@ def run(
             help="The broker's certificate listener: boxes then log in with their client certificate.",
         ),
     ] = None,
-    broker_crl_file: Annotated[
-        str | None,
-        typer.Option(
-            envvar="POLEWATCH_BROKER_CRL_FILE", help="The broker's CRL, rewritten when a certificate is revoked."
-        ),
-    ] = None,
 ) -> None:
     """Serve the REST API and the console, and ingest MQTT, until Ctrl-C or SIGTERM."""
     from pydantic import SecretStr, ValidationError
@@ -168,7 +162,6 @@ def run(
             enrolment_ca_file=enrolment_ca_file,
             enrolment_ca_key_file=enrolment_ca_key_file,
             enrolment_broker_cert_port=enrolment_broker_cert_port,
-            broker_crl_file=broker_crl_file,
             enrolment_public_url=enrolment_public_url,
         )
     except ValidationError as exc:
@@ -259,6 +252,35 @@ def broker_setup_command(
         typer.echo(f"  certificate login:  port {files.cert_port}; revoked certificates in {files.crl_file} "
                    "(reload the broker when it changes: systemctl reload mosquitto)")  # fmt: skip
     typer.echo(f"  server secrets:     {files.env_file}  (mode 0600; load it into the server's environment)")
+
+
+@app.command("revoke-certificate")
+def revoke_certificate_command(
+    directory: Annotated[Path, typer.Argument(help="The broker's directory (from broker-setup): its CA and crl.pem.")],
+    certificate: Annotated[
+        list[str],
+        typer.Argument(help="Hex serial (the device.enrol audit entry's certificate_serial) or certificate file."),
+    ],
+) -> None:
+    """Put box certificates on the broker's CRL, so its certificate listener refuses them at the handshake.
+
+    Revoking the device (POST /api/registry/devices/{id}/revoke) already cuts the box off and takes
+    every right away at once; the CRL makes its certificate fail before MQTT. Reload the broker after
+    (systemctl reload mosquitto) to have it read the list.
+    """
+    from .broker_access import pki
+
+    crl_file = directory / "crl.pem"
+    try:
+        serials = [pki.certificate_serial(text) for text in certificate]
+        ca = pki.CertificateAuthority.load(directory / "ca.crt", directory / "ca.key")
+        listed = pki.revoked_serials(crl_file)
+    except (OSError, ValueError) as exc:
+        typer.echo(f"revoke-certificate: {exc}", err=True)
+        raise typer.Exit(2) from None
+    pki.write_revocation_list(crl_file, ca, listed + serials)
+    typer.echo(f"{crl_file}: {len(set(listed + serials))} revoked certificate(s); now reload the broker "
+               "(systemctl reload mosquitto, or kill -HUP its pid)")  # fmt: skip
 
 
 user_app = typer.Typer(help="People who sign in to the console and the API.", no_args_is_help=True)

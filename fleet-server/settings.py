@@ -97,11 +97,6 @@ class Settings(BaseModel):
         description="The broker's certificate listener: with it (and the CA key), boxes log in with their "
         "client certificate instead of a password.",
     )  # fmt: skip
-    broker_crl_file: str | None = Field(
-        default=None,
-        description="The CRL the broker's certificate listener reads (broker-setup's crl.pem): revoking a box "
-        "or retiring a rotated certificate lists its serial there; reload the broker on change.",
-    )
     enrolment_per_minute_per_client: int = Field(default=10, ge=1, description="Enrolment attempts per address.")
 
     def mqtt_password_value(self) -> str | None:

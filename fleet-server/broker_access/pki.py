@@ -202,3 +202,24 @@ def sign_csr_as(ca: CertificateAuthority, csr: x509.CertificateSigningRequest, d
     if not isinstance(public_key, ec.EllipticCurvePublicKey):
         raise ValueError("the certificate request must carry an EC P-256 key")
     return client_certificate(ca, public_key, device_id)
+
+
+def revoked_serials(path: Path) -> list[int]:
+    """The serials a CRL file lists (none when it does not exist yet)."""
+    if not path.is_file():
+        return []
+    return [entry.serial_number for entry in x509.load_pem_x509_crl(path.read_bytes())]
+
+
+def certificate_serial(text: str) -> int:
+    """A serial as the audit log shows it (hex), or a certificate file's (PEM) serial."""
+    candidate = Path(text)
+    if candidate.is_file():
+        return x509.load_pem_x509_certificate(candidate.read_bytes()).serial_number
+    try:
+        return int(text.removeprefix("0x").replace(":", ""), 16)
+    except ValueError:
+        raise ValueError(
+            f"{text!r} is neither a certificate file nor a hex serial (the device.enrol audit entry's "
+            "certificate_serial)"
+        ) from None

@@ -144,7 +144,6 @@ def broker_setup(
                 f"POLEWATCH_ENROLMENT_CA_FILE={ca_file}",
                 f"POLEWATCH_ENROLMENT_CA_KEY_FILE={ca_key}",
                 *([f"POLEWATCH_ENROLMENT_BROKER_CERT_PORT={cert_port}"] if cert_port is not None else []),
-                *([f"POLEWATCH_BROKER_CRL_FILE={crl_file}"] if uses_crl else []),
                 "",
             ]
         ),

@@ -116,3 +116,34 @@ def test_broker_setup_command(tmp_path: Path) -> None:
     refused = CliRunner().invoke(app, args)
     assert refused.exit_code == 2
     assert "fleet-server.env is missing" in refused.output
+
+
+def test_certificate_listener_and_revoke_certificate_command(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from polewatch.fleet_server.cli import app
+
+    target = tmp_path / "broker"
+    setup = ["broker-setup", str(target), "--host", "127.0.0.1", "--cert-port", "8884", "--plugin", "/x.so"]
+    made = CliRunner().invoke(app, setup)
+    assert made.exit_code == 0, made.output
+    assert "certificate login:  port 8884" in made.output
+    listener = (target / "mosquitto.conf").read_text().split("listener 8884 0.0.0.0", 1)[1]
+    for line in ("require_certificate true", "use_identity_as_username true", "use_username_as_clientid true",
+                 f"crlfile {target / 'crl.pem'}"):  # fmt: skip
+        assert line in listener
+    assert pki.revoked_serials(target / "crl.pem") == []
+    assert "POLEWATCH_ENROLMENT_BROKER_CERT_PORT=8884" in (target / "fleet-server.env").read_text()
+
+    ca = pki.CertificateAuthority.load(target / "ca.crt", target / "ca.key")
+    cert = pki.client_certificate(ca, pki.new_key().public_key(), "pole-1")
+    pki.write_certificate(tmp_path / "pole-1.crt", cert)
+    first = CliRunner().invoke(app, ["revoke-certificate", str(target), str(tmp_path / "pole-1.crt")])
+    assert first.exit_code == 0, first.output
+    second = CliRunner().invoke(app, ["revoke-certificate", str(target), "0x2a"])
+    assert second.exit_code == 0 and "2 revoked certificate(s)" in second.output
+    assert sorted(pki.revoked_serials(target / "crl.pem")) == sorted([cert.serial_number, 42])
+
+    bad = CliRunner().invoke(app, ["revoke-certificate", str(target), "not-a-serial"])
+    assert bad.exit_code == 2 and "neither a certificate file nor a hex serial" in bad.output
+    assert len(pki.revoked_serials(target / "crl.pem")) == 2  # nothing lost
