@@ -186,6 +186,11 @@ async def test_a_revoked_certificate_is_cut_off_and_refused_at_the_handshake(
     # no role left: nothing is allowed (Mosquitto 2.0.11 does not apply `disabled` to certificates).
     async with _client(secure, boxes[A]) as stale:
         assert _refused(await stale.subscribe(topics.device_down_filter(A), qos=1))
+    async with _admin(secure) as dynsec:  # reinstating gives the role back; revoke again for the CRL part
+        await dynsec.reinstate(A)
+        async with _client(secure, boxes[A]) as back:
+            assert not _refused(await back.subscribe(topics.device_down_filter(A), qos=1))
+        await dynsec.revoke(A)
 
     ca = pki.CertificateAuthority.load(secure.files.ca_file, secure.files.directory / "ca.key")
     assert secure.files.crl_file is not None
