@@ -125,6 +125,13 @@ def run(
         str | None,
         typer.Option(envvar="POLEWATCH_ENROLMENT_PUBLIC_URL", help="This server's URL as boxes reach it."),
     ] = None,
+    enrolment_broker_cert_port: Annotated[
+        int | None,
+        typer.Option(
+            envvar="POLEWATCH_ENROLMENT_BROKER_CERT_PORT",
+            help="The broker's certificate listener: boxes then log in with their client certificate.",
+        ),
+    ] = None,
 ) -> None:
     """Serve the REST API and the console, and ingest MQTT, until Ctrl-C or SIGTERM."""
     from pydantic import SecretStr, ValidationError
@@ -154,6 +161,7 @@ def run(
             enrolment_broker_port=enrolment_broker_port,
             enrolment_ca_file=enrolment_ca_file,
             enrolment_ca_key_file=enrolment_ca_key_file,
+            enrolment_broker_cert_port=enrolment_broker_cert_port,
             enrolment_public_url=enrolment_public_url,
         )
     except ValidationError as exc:
@@ -209,6 +217,10 @@ def broker_setup_command(
     require_certificate: Annotated[
         bool, typer.Option(help="Boxes must also present a client certificate from this CA (mutual TLS).")
     ] = False,
+    cert_port: Annotated[
+        int | None,
+        typer.Option(help="Also a listener where boxes log in with their client certificate alone (e.g. 8884)."),
+    ] = None,
     plugin: Annotated[
         Path | None, typer.Option(help="Path of mosquitto_dynamic_security.so (found automatically on Debian).")
     ] = None,
@@ -222,8 +234,13 @@ def broker_setup_command(
 
     try:
         files = broker_setup(
-            directory, hosts=host, tls_port=tls_port, local_port=local_port,
-            require_certificate=require_certificate, plugin=plugin,
+            directory,
+            hosts=host,
+            tls_port=tls_port,
+            local_port=local_port,
+            require_certificate=require_certificate,
+            cert_port=cert_port,
+            plugin=plugin,
         )
     except (FileNotFoundError, FileExistsError, ValueError) as exc:
         typer.echo(f"broker-setup: {exc}", err=True)
@@ -231,7 +248,39 @@ def broker_setup_command(
     typer.echo(f"Broker files in {files.directory}:")
     typer.echo(f"  start the broker:   mosquitto -c {files.conf}")
     typer.echo(f"  boxes trust:        {files.ca_file}  (copied to each box at enrolment)")
+    if files.cert_port is not None:
+        typer.echo(f"  certificate login:  port {files.cert_port}; revoked certificates in {files.crl_file} "
+                   "(reload the broker when it changes: systemctl reload mosquitto)")  # fmt: skip
     typer.echo(f"  server secrets:     {files.env_file}  (mode 0600; load it into the server's environment)")
+
+
+@app.command("revoke-certificate")
+def revoke_certificate_command(
+    directory: Annotated[Path, typer.Argument(help="The broker's directory (from broker-setup): its CA and crl.pem.")],
+    certificate: Annotated[
+        list[str],
+        typer.Argument(help="Hex serial (the device.enrol audit entry's certificate_serial) or certificate file."),
+    ],
+) -> None:
+    """Put box certificates on the broker's CRL, so its certificate listener refuses them at the handshake.
+
+    Revoking the device (POST /api/registry/devices/{id}/revoke) already cuts the box off and takes
+    every right away at once; the CRL makes its certificate fail before MQTT. Reload the broker after
+    (systemctl reload mosquitto) to have it read the list.
+    """
+    from .broker_access import pki
+
+    crl_file = directory / "crl.pem"
+    try:
+        serials = [pki.certificate_serial(text) for text in certificate]
+        ca = pki.CertificateAuthority.load(directory / "ca.crt", directory / "ca.key")
+        listed = pki.revoked_serials(crl_file)
+    except (OSError, ValueError) as exc:
+        typer.echo(f"revoke-certificate: {exc}", err=True)
+        raise typer.Exit(2) from None
+    pki.write_revocation_list(crl_file, ca, listed + serials)
+    typer.echo(f"{crl_file}: {len(set(listed + serials))} revoked certificate(s); now reload the broker "
+               "(systemctl reload mosquitto, or kill -HUP its pid)")  # fmt: skip
 
 
 user_app = typer.Typer(help="People who sign in to the console and the API.", no_args_is_help=True)

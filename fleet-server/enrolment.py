@@ -161,8 +161,9 @@ def plan(session: Session, code: str, fingerprint: str) -> Plan:
 
 
 def claim(
-    session: Session, plan: Plan, fingerprint: str, box: BoxFacts, cameras: list[str], client: str | None
-) -> datetime:
+    session: Session, plan: Plan, fingerprint: str, box: BoxFacts, cameras: list[str], client: str | None,
+    certificate_serial: str | None = None,
+) -> datetime:  # fmt: skip
     """Mark the code used by this box and register (or re-point) the device; returns enrolled_at."""
     now = _now()
     claimed = session.execute(
@@ -189,7 +190,9 @@ def claim(
         registry.update_device(session, actor, plan.device_id, {"agent_version": box.agent_version})
     audit.record(
         session, actor, "device.enrol", "device", plan.device_id,
-        after={"pole_id": plan.pole_id, "code_id": plan.code_id, "reissued": not plan.new_device},
+        after={"pole_id": plan.pole_id, "code_id": plan.code_id, "reissued": not plan.new_device,
+               # What `polewatch server revoke-certificate` puts on the broker's CRL for this box.
+               "certificate_serial": certificate_serial},
     )  # fmt: skip
     return now
 

@@ -243,6 +243,12 @@ def _client_certificate(svc: Services, csr: x509.CertificateSigningRequest, devi
     return pki.sign_csr_as(ca, csr, device_id).public_bytes(serialization.Encoding.PEM).decode()
 
 
+def _serial_of(certificate_pem: str | None) -> str | None:
+    if certificate_pem is None:
+        return None
+    return format(x509.load_pem_x509_certificate(certificate_pem.encode()).serial_number, "x")
+
+
 @router.post(
     "/enrolment", tags=["enrolment"], summary="A box enrols with a one-time code (public: the code is the credential)",
     dependencies=rule(PUBLIC), response_model=EnrolmentGrant,
@@ -282,7 +288,10 @@ async def enrol(body: EnrolmentRequest, request: Request, svc: ServicesDep) -> E
 
     def save() -> datetime:
         with svc.sessions.begin() as session:
-            return enrolment.claim(session, plan, fingerprint, body.box, [c.camera_id for c in body.cameras], client)
+            return enrolment.claim(
+                session, plan, fingerprint, body.box, [c.camera_id for c in body.cameras], client,
+                certificate_serial=_serial_of(certificate),
+            )  # fmt: skip
 
     try:
         enrolled_at = await run_in_threadpool(save)
@@ -294,6 +303,7 @@ async def enrol(body: EnrolmentRequest, request: Request, svc: ServicesDep) -> E
         host=settings.enrolment_broker_host, port=settings.enrolment_broker_port, tls=settings.enrolment_broker_tls,
         ca_pem=_read_text(settings.enrolment_ca_file), username=plan.device_id, password=password,
         client_certificate_pem=certificate,
+        certificate_port=settings.enrolment_broker_cert_port if certificate is not None else None,
     )  # fmt: skip
     log.info("box enrolled", extra={"device_id": plan.device_id, "pole_id": plan.pole_id, "new": plan.new_device})
     return EnrolmentGrant(

@@ -92,6 +92,11 @@ class Settings(BaseModel):
     enrolment_public_url: str | None = Field(
         default=None, description="This server's URL as boxes reach it; default: the URL the box used."
     )
+    enrolment_broker_cert_port: int | None = Field(
+        default=None, ge=1, le=65535,
+        description="The broker's certificate listener: with it (and the CA key), boxes log in with their "
+        "client certificate instead of a password.",
+    )  # fmt: skip
     enrolment_per_minute_per_client: int = Field(default=10, ge=1, description="Enrolment attempts per address.")
 
     def mqtt_password_value(self) -> str | None:

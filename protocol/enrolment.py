@@ -95,6 +95,11 @@ class BrokerGrant(_Strict):
     username: str
     password: str = Field(description="Shown once: the server keeps only the broker's hash of it.")
     client_certificate_pem: str | None = Field(default=None, description="Signed from the box's request.")
+    certificate_port: int | None = Field(
+        default=None, ge=1, le=65535,
+        description="The broker's certificate listener: the box logs in there with its client certificate "
+        "(and key) alone, and the password is then only a fallback for the password listener.",
+    )  # fmt: skip
 
 
 class EnrolmentGrant(_Strict):

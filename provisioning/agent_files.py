@@ -51,6 +51,9 @@ def agent_config(
         tls: dict[str, Any] = {"ca_file": str(ca_file)}
         if cert_file is not None:
             tls |= {"cert_file": str(cert_file), "key_file": str(key_file)}
+            if broker.certificate_port is not None:
+                # The certificate is the credential there: no password on the box to steal or leak.
+                mqtt = {"host": broker.host, "port": broker.certificate_port}
         mqtt["tls"] = tls
     return {"device_id": grant.device_id, "state_dir": str(state_dir), "mqtt": mqtt, "cameras": cameras}
 

@@ -26,6 +26,14 @@ _CONNECTED = re.compile(
     r"^New client connected from (?P<address>\S+) as (?P<client>\S+) \(.*?(?:u'(?P<user>[^']*)')?\)\.$"
 )
 _NOT_AUTHORISED = re.compile(r"^Client (?P<client>\S+) disconnected, not authori[sz]ed\.$")
+# A certificate the broker would not accept (revoked in the CRL, expired, from another CA): the TLS
+# handshake fails before any MQTT, so the line names no client, only the socket's "New connection".
+# Mosquitto words it two ways, depending on whether the handshake failed while accepting the socket
+# (which then names the address) or on the first read after it.
+_TLS_REFUSED = re.compile(
+    r"^(?:OpenSSL Error\[\d+\]|Client connection from (?P<address>\S+) failed): "
+    r".*(?P<why>certificate (?:verify failed|revoked|expired))"
+)
 _TAKEOVER = re.compile(r"^Client (?P<client>\S+) already connected, closing old connection\.$")
 _SUBSCRIBE = re.compile(r"^(?P<client>\S+) (?P<qos>[0-2]) (?P<filter>\S+)$")
 
@@ -35,7 +43,7 @@ class SecurityEvent:
     """One attempt worth an operator's attention, as the broker reported it."""
 
     at: datetime
-    kind: str  # connect_refused | session_takeover | subscribe_outside_branch
+    kind: str  # connect_refused | certificate_refused | session_takeover | subscribe_outside_branch
     client_id: str | None
     address: str | None
     topic: str | None
@@ -75,6 +83,17 @@ class BrokerLogReader:
                 None,
                 "the broker refused the connection: wrong or revoked credentials, or a client "
                 "id that does not belong to the account",
+            )
+        if m := _TLS_REFUSED.match(text):
+            address, self._pending_address = m["address"] or self._pending_address, None
+            return SecurityEvent(
+                at,
+                "certificate_refused",
+                None,
+                address,
+                None,
+                f"the broker refused a client certificate at the TLS handshake ({m['why']}): revoked, expired "
+                "or not from this fleet's CA",
             )
         if m := _TAKEOVER.match(text):
             return SecurityEvent(

@@ -179,11 +179,24 @@ class DynsecAdmin:
         await self.execute([{"command": "setClientPassword", "username": device_id, "password": password}])
 
     async def revoke(self, device_id: str) -> None:
-        """Disable the account: the broker disconnects the box now and refuses it from now on."""
-        await self.execute([{"command": "disableClient", "username": device_id}])
+        """Disable the account and take its role away: the broker disconnects the box now and refuses
+        its password from now on. Taking the role matters for certificate logins, which Mosquitto 2.0
+        lets in without asking the plugin (a disabled flag does not stop them): without a role such a
+        box may publish and subscribe to nothing. The CRL then refuses it at the handshake."""
+        await self.execute(
+            [
+                {"command": "disableClient", "username": device_id},
+                {"command": "removeClientRole", "username": device_id, "rolename": policy.device_role(device_id)},
+            ]
+        )
 
     async def reinstate(self, device_id: str) -> None:
-        await self.execute([{"command": "enableClient", "username": device_id}])
+        await self.execute(
+            [
+                {"command": "addClientRole", "username": device_id, "rolename": policy.device_role(device_id)},
+                {"command": "enableClient", "username": device_id},
+            ]
+        )
 
     async def remove(self, device_id: str) -> None:
         """Delete account and role (decommissioning); already gone is not an error."""

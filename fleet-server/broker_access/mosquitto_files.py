@@ -102,6 +102,9 @@ class Listener:
     bind: str = "0.0.0.0"
     tls: bool = True
     require_certificate: bool = False
+    # The certificate is the credential: its CN becomes the username *and* the client id, so the
+    # box's dynsec role applies and no box can use another's client id (see docs/broker-access.md).
+    certificate_identity: bool = False
 
 
 def mosquitto_conf(
@@ -112,6 +115,7 @@ def mosquitto_conf(
     ca_file: Path | None,
     cert_file: Path | None,
     key_file: Path | None,
+    crl_file: Path | None = None,
     run_as_root: bool = False,
     extra: list[str] | None = None,
 ) -> str:
@@ -145,6 +149,7 @@ def mosquitto_conf(
     for listener in listeners:
         lines += ["", f"listener {listener.port} {listener.bind}"]
         if listener.tls:
+            demands_certificate = listener.require_certificate or listener.certificate_identity
             if ca_file is None or cert_file is None or key_file is None:
                 raise ValueError("a TLS listener needs the CA, the broker certificate and its key")
             lines += [
@@ -152,8 +157,12 @@ def mosquitto_conf(
                 f"certfile {cert_file}",
                 f"keyfile {key_file}",
                 "tls_version tlsv1.2",
-                f"require_certificate {'true' if listener.require_certificate else 'false'}",
+                f"require_certificate {'true' if demands_certificate else 'false'}",
             ]
+            if listener.certificate_identity:
+                lines += ["use_identity_as_username true", "use_username_as_clientid true"]
+            if crl_file is not None and demands_certificate:
+                lines.append(f"crlfile {crl_file}")
     lines += list(extra or [])
     return "\n".join(lines) + "\n"
 

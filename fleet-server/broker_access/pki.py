@@ -21,6 +21,9 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 CA_DAYS = 3650
 LEAF_DAYS = 825
+# A box's client certificate is short-lived: a stolen one is worth weeks at most even if nobody
+# revokes it, and the server renews it well before (`polewatch server rotate-credentials`).
+CLIENT_DAYS = 30
 
 
 @dataclass(frozen=True)
@@ -83,6 +86,7 @@ def _leaf(
     common_name: str,
     usage: x509.ObjectIdentifier,
     names: list[x509.GeneralName] | None = None,
+    days: int = LEAF_DAYS,
 ) -> x509.Certificate:
     builder = (
         x509.CertificateBuilder()
@@ -91,7 +95,7 @@ def _leaf(
         .public_key(public_key)
         .serial_number(x509.random_serial_number())
         .not_valid_before(_now() - dt.timedelta(minutes=5))
-        .not_valid_after(_now() + dt.timedelta(days=LEAF_DAYS))
+        .not_valid_after(_now() + dt.timedelta(days=days))
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.key.public_key()), critical=False)
@@ -133,7 +137,42 @@ def sign_device_csr(ca: CertificateAuthority, csr: x509.CertificateSigningReques
     public_key = csr.public_key()
     if not isinstance(public_key, ec.EllipticCurvePublicKey):
         raise ValueError("the certificate request must carry an EC P-256 key")
-    return _leaf(ca, public_key, device_id, ExtendedKeyUsageOID.CLIENT_AUTH)
+    return client_certificate(ca, public_key, device_id)
+
+
+def client_certificate(
+    ca: CertificateAuthority, public_key: ec.EllipticCurvePublicKey, device_id: str, days: int = CLIENT_DAYS
+) -> x509.Certificate:
+    """A box's short-lived client certificate; its CN is the device id, which the broker's certificate
+    listener uses as the username (and client id), so the box's rules are its dynsec role's."""
+    return _leaf(ca, public_key, device_id, ExtendedKeyUsageOID.CLIENT_AUTH, days=days)
+
+
+def revocation_list(ca: CertificateAuthority, serials: list[int], *, days: int = 7) -> bytes:
+    """The CA's CRL (PEM) listing `serials`; the broker refuses these at the TLS handshake once it
+    has re-read the file (SIGHUP)."""
+    now = _now()
+    builder = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(ca.certificate.subject)
+        .last_update(now - dt.timedelta(minutes=5))
+        .next_update(now + dt.timedelta(days=days))
+    )
+    for serial in sorted(set(serials)):
+        builder = builder.add_revoked_certificate(
+            x509.RevokedCertificateBuilder()
+            .serial_number(serial)
+            .revocation_date(now - dt.timedelta(minutes=5))
+            .build()
+        )
+    return builder.sign(ca.key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)
+
+
+def write_revocation_list(path: Path, ca: CertificateAuthority, serials: list[int]) -> None:
+    """Replace the CRL atomically: the broker may re-read it at any moment and must never see half a file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(revocation_list(ca, serials))
+    os.replace(tmp, path)
 
 
 def write_certificate(path: Path, cert: x509.Certificate) -> None:
@@ -162,4 +201,25 @@ def sign_csr_as(ca: CertificateAuthority, csr: x509.CertificateSigningRequest, d
     public_key = csr.public_key()
     if not isinstance(public_key, ec.EllipticCurvePublicKey):
         raise ValueError("the certificate request must carry an EC P-256 key")
-    return _leaf(ca, public_key, device_id, ExtendedKeyUsageOID.CLIENT_AUTH)
+    return client_certificate(ca, public_key, device_id)
+
+
+def revoked_serials(path: Path) -> list[int]:
+    """The serials a CRL file lists (none when it does not exist yet)."""
+    if not path.is_file():
+        return []
+    return [entry.serial_number for entry in x509.load_pem_x509_crl(path.read_bytes())]
+
+
+def certificate_serial(text: str) -> int:
+    """A serial as the audit log shows it (hex), or a certificate file's (PEM) serial."""
+    candidate = Path(text)
+    if candidate.is_file():
+        return x509.load_pem_x509_certificate(candidate.read_bytes()).serial_number
+    try:
+        return int(text.removeprefix("0x").replace(":", ""), 16)
+    except ValueError:
+        raise ValueError(
+            f"{text!r} is neither a certificate file nor a hex serial (the device.enrol audit entry's "
+            "certificate_serial)"
+        ) from None

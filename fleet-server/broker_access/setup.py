@@ -40,6 +40,8 @@ class BrokerFiles:
     server: Account
     tls_port: int
     local_port: int | None
+    cert_port: int | None = None
+    crl_file: Path | None = None
 
 
 def _read_env(path: Path) -> dict[str, str]:
@@ -69,6 +71,7 @@ def broker_setup(
     tls_port: int = 8883,
     local_port: int | None = None,
     require_certificate: bool = False,
+    cert_port: int | None = None,
     plugin: Path | None = None,
     run_as_root: bool | None = None,
 ) -> BrokerFiles:
@@ -104,6 +107,14 @@ def broker_setup(
         write_dynsec_state(state, admin, server)
 
     listeners = [Listener(tls_port, "0.0.0.0", tls=True, require_certificate=require_certificate)]
+    crl_file = directory / "crl.pem"
+    if cert_port is not None:
+        # Boxes that log in with their certificate alone (no password): a listener of its own, so the
+        # password listener keeps the plugin's password check and client-id binding for the others.
+        listeners.append(Listener(cert_port, "0.0.0.0", tls=True, certificate_identity=True))
+    if (cert_port is not None or require_certificate) and not crl_file.is_file():
+        pki.write_revocation_list(crl_file, ca, [])  # Mosquitto refuses to start on a missing crlfile
+    uses_crl = crl_file.is_file() and (cert_port is not None or require_certificate)
     if local_port is not None:
         # For a fleet server on the same host: plain MQTT, reachable from loopback only.
         listeners.append(Listener(local_port, "127.0.0.1", tls=False))
@@ -116,6 +127,7 @@ def broker_setup(
             ca_file=ca_file,
             cert_file=cert_file,
             key_file=key_file,
+            crl_file=crl_file if uses_crl else None,
             run_as_root=os.geteuid() == 0 if run_as_root is None else run_as_root,
         )
     )
@@ -129,8 +141,14 @@ def broker_setup(
                 f"POLEWATCH_DYNSEC_USERNAME={admin.username}",
                 f"POLEWATCH_DYNSEC_PASSWORD={admin.password}",
                 f"POLEWATCH_MQTT_CA_FILE={ca_file}",
+                f"POLEWATCH_ENROLMENT_CA_FILE={ca_file}",
+                f"POLEWATCH_ENROLMENT_CA_KEY_FILE={ca_key}",
+                *([f"POLEWATCH_ENROLMENT_BROKER_CERT_PORT={cert_port}"] if cert_port is not None else []),
                 "",
             ]
         ),
     )
-    return BrokerFiles(directory, conf, ca_file, cert_file, key_file, env_file, admin, server, tls_port, local_port)
+    return BrokerFiles(
+        directory, conf, ca_file, cert_file, key_file, env_file, admin, server, tls_port, local_port,
+        cert_port, crl_file if uses_crl else None,
+    )  # fmt: skip

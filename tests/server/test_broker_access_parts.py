@@ -28,6 +28,18 @@ def test_refused_connection_carries_the_address_of_its_socket() -> None:
         ("$SYS/broker/log/M/subscribe", "1795456441: pole-1 1 polewatch/v1/pole-1/down/#"),
         ("$SYS/broker/log/M/subscribe", "1795456441: pole-1 0 polewatch/v1/pole-2/down/#"),
         ("$SYS/broker/log/M/subscribe", "1795456441: polewatch-fleet-server-1 1 polewatch/v1/+/up/#"),
+        ("$SYS/broker/log/N", "1795456442: New connection from 10.0.0.9:41000 on port 8884."),
+        ("$SYS/broker/log/E", "1795456442: OpenSSL Error[0]: error:0A000086:SSL routines::certificate verify failed"),
+        (
+            "$SYS/broker/log/N",
+            "1795456443: Client connection from 10.0.0.8 failed: error:0A000086:SSL "
+            "routines::certificate verify failed.",
+        ),
+        (
+            "$SYS/broker/log/N",
+            "1795456443: Client connection from 10.0.0.8 failed: error:0A000126:SSL "
+            "routines::unexpected eof while reading.",
+        ),
         ("$SYS/broker/log/N", "garbage without a timestamp"),
     ]
     events = [e for e in (reader.feed(t, line) for t, line in lines) if e is not None]
@@ -35,6 +47,8 @@ def test_refused_connection_carries_the_address_of_its_socket() -> None:
         ("connect_refused", None, "127.0.0.1:51107", None),
         ("session_takeover", "pole-1", None, None),
         ("subscribe_outside_branch", "pole-1", None, "polewatch/v1/pole-2/down/#"),
+        ("certificate_refused", None, "10.0.0.9:41000", None),
+        ("certificate_refused", None, "10.0.0.8", None),
     ]
     assert events[0].at.timestamp() == 1795456438
 
@@ -102,3 +116,34 @@ def test_broker_setup_command(tmp_path: Path) -> None:
     refused = CliRunner().invoke(app, args)
     assert refused.exit_code == 2
     assert "fleet-server.env is missing" in refused.output
+
+
+def test_certificate_listener_and_revoke_certificate_command(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from polewatch.fleet_server.cli import app
+
+    target = tmp_path / "broker"
+    setup = ["broker-setup", str(target), "--host", "127.0.0.1", "--cert-port", "8884", "--plugin", "/x.so"]
+    made = CliRunner().invoke(app, setup)
+    assert made.exit_code == 0, made.output
+    assert "certificate login:  port 8884" in made.output
+    listener = (target / "mosquitto.conf").read_text().split("listener 8884 0.0.0.0", 1)[1]
+    for line in ("require_certificate true", "use_identity_as_username true", "use_username_as_clientid true",
+                 f"crlfile {target / 'crl.pem'}"):  # fmt: skip
+        assert line in listener
+    assert pki.revoked_serials(target / "crl.pem") == []
+    assert "POLEWATCH_ENROLMENT_BROKER_CERT_PORT=8884" in (target / "fleet-server.env").read_text()
+
+    ca = pki.CertificateAuthority.load(target / "ca.crt", target / "ca.key")
+    cert = pki.client_certificate(ca, pki.new_key().public_key(), "pole-1")
+    pki.write_certificate(tmp_path / "pole-1.crt", cert)
+    first = CliRunner().invoke(app, ["revoke-certificate", str(target), str(tmp_path / "pole-1.crt")])
+    assert first.exit_code == 0, first.output
+    second = CliRunner().invoke(app, ["revoke-certificate", str(target), "0x2a"])
+    assert second.exit_code == 0 and "2 revoked certificate(s)" in second.output
+    assert sorted(pki.revoked_serials(target / "crl.pem")) == sorted([cert.serial_number, 42])
+
+    bad = CliRunner().invoke(app, ["revoke-certificate", str(target), "not-a-serial"])
+    assert bad.exit_code == 2 and "neither a certificate file nor a hex serial" in bad.output
+    assert len(pki.revoked_serials(target / "crl.pem")) == 2  # nothing lost

@@ -16,6 +16,7 @@ import aiomqtt
 import httpx
 import pytest
 import sqlalchemy as sa
+import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -24,7 +25,7 @@ from polewatch.fleet_server.broker_access.dynsec import DynsecAdmin
 from polewatch.fleet_server.db import make_engine
 from polewatch.fleet_server.models import AuditEntry, EnrolmentCode
 from polewatch.protocol import topics
-from polewatch.protocol.enrolment import BoxFacts, CameraFacts, EnrolmentRequest
+from polewatch.protocol.enrolment import BoxFacts, CameraFacts, EnrolmentGrant, EnrolmentRequest
 from polewatch.provisioning.identity import fingerprint, load_or_create_key, signing_request
 from support.secure_broker import SecureBroker, read_until_cut_off, start_secure_mosquitto
 from support.server import add_token, add_user, bearer, settings_for
@@ -82,7 +83,6 @@ def box_client(broker: SecureBroker, grant: dict[str, Any], password: str | None
         password=password or grant["broker"]["password"], identifier=grant["device_id"],
         tls_context=broker.tls_context(), timeout=5,
     )  # fmt: skip
-
 
 
 async def connects(broker: SecureBroker, grant: dict[str, Any], password: str | None = None) -> bool:
@@ -282,3 +282,44 @@ async def test_two_boxes_racing_with_one_code_make_one_device(secure: SecureBrok
             listed = await admin.execute([{"command": "listClients"}])
         boxes = [c for c in listed[0]["data"]["clients"] if str(c).startswith("box-")]
         assert boxes == [devices[0]["device_id"]]
+
+
+async def test_a_box_logs_in_with_its_certificate_and_revocation_takes_every_right(
+    tmp_path: Path, database: str
+) -> None:
+    from polewatch.provisioning.agent_files import write_agent_files
+    from polewatch.provisioning.identity import key_path
+
+    broker = start_secure_mosquitto(tmp_path / "broker", cert_port=True)
+    try:
+        state = tmp_path / "box"
+        key, _ = load_or_create_key(state)
+        async with fleet(broker, database, enrolment_broker_cert_port=broker.cert_port) as client:
+            code = await new_code(client)
+            grant = (await client.post("/api/enrolment", json=request_for(code, key))).json()
+            assert grant["broker"]["certificate_port"] == broker.cert_port
+            # What the technician's tool leaves on the box: certificate login, no password in the config.
+            config = write_agent_files(
+                EnrolmentGrant.model_validate(grant), config_path=state / "agent.yaml", state_dir=state,
+                key_file=key_path(state), cameras=[{"camera_id": "cam1", "url": "rtsp://10.0.0.2/s"}],
+            )  # fmt: skip
+            mqtt = yaml.safe_load(config.read_text())["mqtt"]
+            assert mqtt["port"] == broker.cert_port and "password" not in mqtt and "username" not in mqtt
+            tls = broker.tls_context(Path(mqtt["tls"]["cert_file"]), Path(mqtt["tls"]["key_file"]))
+            device_id = grant["device_id"]
+
+            def box() -> aiomqtt.Client:
+                return aiomqtt.Client("127.0.0.1", broker.cert_port, identifier=device_id, tls_context=tls, timeout=5)
+
+            async with box() as b:
+                granted = await b.subscribe(topics.device_down_filter(device_id), qos=1)
+                assert [g.value for g in granted] == [1]  # type: ignore[union-attr]
+                revoked = await client.post(f"/api/registry/devices/{device_id}/revoke")
+                assert revoked.status_code == 200, revoked.text
+                with pytest.raises(aiomqtt.MqttError):
+                    await asyncio.wait_for(read_until_cut_off(b), 5)
+            async with box() as again:  # the certificate still opens TLS until it is on the CRL...
+                refused = await again.subscribe(topics.device_down_filter(device_id), qos=1)
+                assert [g.value for g in refused] == [0x80]  # type: ignore[union-attr]  # ...but grants nothing
+    finally:
+        broker.stop()

@@ -6,6 +6,7 @@ the tests exercise the configuration a city would run, not a test-only one.
 
 from __future__ import annotations
 
+import signal
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,14 +35,29 @@ class SecureBroker:
         assert self.files.local_port is not None
         return self.files.local_port
 
-    def tls_context(self) -> ssl.SSLContext:
-        return ssl.create_default_context(cafile=str(self.files.ca_file))
+    @property
+    def cert_port(self) -> int:
+        assert self.files.cert_port is not None, "start the broker with cert_port=True"
+        return self.files.cert_port
+
+    def tls_context(self, cert_file: Path | None = None, key_file: Path | None = None) -> ssl.SSLContext:
+        context = ssl.create_default_context(cafile=str(self.files.ca_file))
+        if cert_file is not None:
+            context.load_cert_chain(str(cert_file), str(key_file or cert_file))
+        return context
+
+    def reload(self) -> None:
+        """SIGHUP, what `systemctl reload mosquitto` sends: the broker re-reads its CRL."""
+        assert self.process.proc is not None
+        self.process.proc.send_signal(signal.SIGHUP)
 
     def stop(self) -> None:
         self.process.stop()
 
 
-def start_secure_mosquitto(workdir: Path, *, require_certificate: bool = False) -> SecureBroker:
+def start_secure_mosquitto(
+    workdir: Path, *, require_certificate: bool = False, cert_port: bool = False
+) -> SecureBroker:
     binary = require_binary(
         "mosquitto", "install Debian's package (apt-get install mosquitto)", candidates=("/usr/sbin/mosquitto",)
     )
@@ -52,6 +68,7 @@ def start_secure_mosquitto(workdir: Path, *, require_certificate: bool = False) 
         tls_port=free_port(),
         local_port=free_port(),
         require_certificate=require_certificate,
+        cert_port=free_port() if cert_port else None,
         plugin=Path(plugin),
     )
     process = BrokerProcess(
@@ -60,6 +77,8 @@ def start_secure_mosquitto(workdir: Path, *, require_certificate: bool = False) 
     process.start()
     assert files.local_port is not None
     wait_for_port(files.local_port, timeout=20)
+    if files.cert_port is not None:
+        wait_for_port(files.cert_port, timeout=20)
     return SecureBroker(process, files)
 
 
