@@ -37,6 +37,7 @@ from . import (
 )
 from .auth import COOKIE, PUBLIC, authenticate, unruled_routes
 from .db import make_engine, make_sessionmaker, safe_url, upgrade
+from .alert_wakeups import AlertWakeups
 from .feed import Feed
 from .health_compaction import Compactor
 from .ingest import Ingest
@@ -88,7 +89,8 @@ def create_app(settings: Settings | None = None, *, run_ingest: bool = True, mig
         )
         task = asyncio.create_task(ingest.run(), name="mqtt-ingest") if run_ingest else None
         deliveries = asyncio.create_task(dispatcher.run(), name="alert-deliveries")
-        background = [deliveries]
+        wakeups = AlertWakeups(engine, sessions, feed, settings.alert_poll_s)
+        background = [deliveries, asyncio.create_task(wakeups.run(), name="alert-wakeups")]
         if settings.health_compact_interval_s > 0:
             compactor = Compactor(
                 sessions, settings.health_policy(), settings.health_compact_interval_s, settings.mqtt_client_id
