@@ -75,6 +75,17 @@ class AlertWakeups:
                 with contextlib.suppress(asyncio.CancelledError):
                     await listener
 
+    def _woken(self, payload: str) -> None:
+        """A NOTIFY carries the step id: wake the streams at once, without a query."""
+        try:
+            step_id = int(payload)
+        except ValueError:
+            self._nudge.set()
+            return
+        if step_id > self._seen:
+            self._seen = step_id
+            self._feed.publish(FeedItem("alert", {}, step_id))
+
     async def _listen(self) -> None:
         import psycopg
 
@@ -92,8 +103,8 @@ class AlertWakeups:
                 async with await psycopg.AsyncConnection.connect(autocommit=True, **conninfo) as conn:
                     await conn.execute(f"LISTEN {CHANNEL}")
                     self._nudge.set()  # anything committed while we were not listening
-                    async for _note in conn.notifies():
-                        self._nudge.set()
+                    async for note in conn.notifies():
+                        self._woken(note.payload)
             except (psycopg.Error, OSError):
                 log.warning("LISTEN for alert steps failed; polling until it is back", exc_info=True)
             await asyncio.sleep(RELISTEN_S)

@@ -35,9 +35,9 @@ from . import (
     registry_api,
     stream,
 )
+from .alert_wakeups import AlertWakeups
 from .auth import COOKIE, PUBLIC, authenticate, unruled_routes
 from .db import make_engine, make_sessionmaker, safe_url, upgrade
-from .alert_wakeups import AlertWakeups
 from .feed import Feed
 from .health_compaction import Compactor
 from .ingest import Ingest

@@ -65,8 +65,10 @@ async def test_two_replicas_store_each_message_once_and_share_the_work(
             # Presence reaches every replica (plain subscription, for the retained copies); the one
             # that loses the race finds the row there and counts a duplicate.
             await wait_for(
-                lambda: sum(r.ingest.stats.accepted_by_kind["presence"] + r.ingest.stats.duplicates for r in (one, two))
-                == 4,
+                lambda: (
+                    sum(r.ingest.stats.accepted_by_kind["presence"] + r.ingest.stats.duplicates for r in (one, two))
+                    == 4
+                ),
                 what="both replicas to see both presences",
             )
 
@@ -102,8 +104,9 @@ async def test_without_a_shared_group_every_replica_sees_everything_and_the_stor
             for message in sent:
                 await pa.send(message)
             await wait_for(
-                lambda: sum(r.ingest.stats.accepted_by_kind["detection"] + r.ingest.stats.duplicates for r in runs)
-                == 80,
+                lambda: (
+                    sum(r.ingest.stats.accepted_by_kind["detection"] + r.ingest.stats.duplicates for r in runs) == 80
+                ),
                 timeout=60,
                 what="both replicas to handle every message",
             )
@@ -159,7 +162,9 @@ async def test_an_alert_stored_by_one_replica_reaches_a_console_on_the_other_exa
         assert sorted(g["alert"]["message_id"] for g in got) == sorted(m.id for m in live), "each alert once"
         ids = [g["id"] for g in got]
         assert ids == sorted(ids) and len(set(ids)) == len(ids), "in step order, none twice"
-        taken = [(await h.get("api/ingest/stats")).json()["accepted_by_kind"].get("detection", 0) for h in (http_a, http_b)]
+        taken = [
+            (await h.get("api/ingest/stats")).json()["accepted_by_kind"].get("detection", 0) for h in (http_a, http_b)
+        ]
         assert sum(taken) == len(live) and taken[0] > 0, f"replica A stored none of the alerts B streamed: {taken}"
 
         # Away from the console: more alerts arrive, spread over both replicas.
