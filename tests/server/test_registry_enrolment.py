@@ -84,7 +84,6 @@ def box_client(broker: SecureBroker, grant: dict[str, Any], password: str | None
     )  # fmt: skip
 
 
-
 async def connects(broker: SecureBroker, grant: dict[str, Any], password: str | None = None) -> bool:
     try:
         async with box_client(broker, grant, password) as box:
