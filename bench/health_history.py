@@ -56,13 +56,11 @@ def table_bytes(path: Path, tables: tuple[str, ...]) -> int:
     """Bytes of the tables and their indexes (dbstat), after VACUUM."""
     with sqlite3.connect(path) as conn:
         conn.execute("VACUUM")
-        names = [r[0] for r in conn.execute(
-            "SELECT name FROM sqlite_master WHERE tbl_name IN (%s)" % ",".join("?" * len(tables)), tables
-        )]  # fmt: skip
+        marks = ",".join("?" * len(tables))
+        names = [r[0] for r in conn.execute(f"SELECT name FROM sqlite_master WHERE tbl_name IN ({marks})", tables)]
+        marks = ",".join("?" * len(names))
         return int(
-            conn.execute(
-                "SELECT COALESCE(SUM(pgsize), 0) FROM dbstat WHERE name IN (%s)" % ",".join("?" * len(names)), names
-            ).fetchone()[0]
+            conn.execute(f"SELECT COALESCE(SUM(pgsize), 0) FROM dbstat WHERE name IN ({marks})", names).fetchone()[0]
         )
 
 
@@ -112,8 +110,9 @@ def main() -> None:
     table.add_row(f"{policy.raw_hours:g} h raw + 5-min/hourly buckets", f"{kept_raw + kept_buckets:,}",
                   f"{after_b / 1e6:,.0f}")  # fmt: skip
     Console().print(table)
+    rate = report.raw_folded / seconds
     print(f"measured: {raw_per_row:.0f} B per raw row, {bucket_per_row:.0f} B per bucket row; "
-          f"compaction folded {report.raw_folded} samples in {seconds:.2f} s ({report.raw_folded / seconds:,.0f}/s)")  # fmt: skip
+          f"compaction folded {report.raw_folded} samples in {seconds:.2f} s ({rate:,.0f}/s)")  # fmt: skip
     print(
         f"RESULT health_history raw_rows={raw_total} raw_mb={before_b / 1e6:.0f} kept_rows={kept_raw + kept_buckets} "
         f"kept_mb={after_b / 1e6:.0f} ratio={before_b / after_b:.1f}"
