@@ -9,7 +9,8 @@ camera-health condition. Ends and updates belong to an alert already raised, so 
 Every change is an `AlertStep` row (who, when, the status after it). The steps' ids are the live
 stream's cursor, so a step must never commit after a step with a higher id: on PostgreSQL each
 writer takes one transaction-scoped advisory lock before adding a step, which serialises step
-writers until their commit (SQLite has one writer at a time anyway).
+writers until their commit (SQLite has one writer at a time anyway), and NOTIFYs the step id so the
+live streams of every replica wake up at once (alert_wakeups.py).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from . import audit, routing
 from .models import Agency, Alert, AlertStep, Delivery
 
 STEP_LOCK = 0x504F4C45  # "POLE": the advisory lock that keeps step ids in commit order (PostgreSQL)
+STEP_CHANNEL = "polewatch_alert_steps"  # NOTIFY'd with each step id; delivered at commit (alert_wakeups.py)
 OPEN = ("new", "acknowledged", "assigned")
 RULE_STARTS = ("enter", "loiter_start", "cross", "left_behind_start")
 
@@ -70,6 +72,8 @@ def _step(session: Session, alert: Alert, step: str, actor: str, *, agency_id: i
     )  # fmt: skip
     session.add(row)
     session.flush()
+    if session.get_bind().dialect.name == "postgresql":  # other replicas' streams wake at our commit
+        session.execute(text("SELECT pg_notify(:channel, :id)"), {"channel": STEP_CHANNEL, "id": str(row.id)})
     return row
 
 

@@ -1,12 +1,15 @@
 """GET /api/alerts/stream: every alert step (a new alert, an acknowledgement, an assignment, a
 close) as server-sent events of type `alert`, with the step's id as the SSE `id`.
 
-Resume works as in stream.py: the subscription to the live feed is taken before the replay query,
-the replay sends every step after `Last-Event-ID` (or `?after=`) from the database, and live steps
-at or below the last replayed id are skipped. Step ids are committed in order (alerts.py), so a
-console that reconnects gets exactly what it missed, once. A fresh console (no cursor) gets
+Every step sent comes from the database, read in id order after the last one sent; the live feed
+only wakes the stream. Step ids are committed in order (alerts.py), so reading "after the cursor"
+never skips a step that commits later, and a step stored by another replica is as good as one stored
+here: alert_wakeups.py wakes this replica's streams for those (LISTEN/NOTIFY on PostgreSQL, a short
+poll everywhere). The subscription is taken before the first read, so a step committed between the
+read and the wait still wakes it. A console that reconnects with `Last-Event-ID` (or `?after=`)
+gets exactly what it missed, once, whichever replica it lands on; a fresh console (no cursor) gets
 nothing old: it loads the list with GET /api/alerts once this stream's `ready` event has come and
-then follows it. `ready` (data `{after, replayed}`, id = the cursor) ends every replay, also an
+then follows it. `ready` (data `{after, replayed}`, id = the cursor) ends the first replay, also an
 empty one, so a console can tell "caught up, N missed steps replayed" from "still replaying", and its
 EventSource has a Last-Event-ID to resume from even before the first alert.
 """
@@ -71,23 +74,25 @@ async def alert_stream(
         replayed = 0
         if cursor is None:
             cursor = await run_in_threadpool(_latest, svc)
-        else:
-            while True:
-                page = await run_in_threadpool(_after, svc, cursor)
-                for change in page:
-                    yield _event(change.model_dump(mode="json"), change.step.id)
-                    cursor = change.step.id
-                    replayed += 1
-                if len(page) < REPLAY_PAGE:
-                    break
-        # The replay is over: the console can say "caught up N missed", and a fresh one (no cursor)
-        # gets the position to resume from and loads the list only now, so nothing falls between.
-        yield ServerSentEvent(event="ready", id=str(cursor), data={"after": cursor, "replayed": replayed})
+        wake = True  # a resume replays what was missed; a fresh start catches a step since _latest
+        ready = False
         while True:
-            for item in await sub.next_batch():
-                if item.kind != "alert" or item.id is None or item.id <= cursor:
-                    continue
-                cursor = item.id
-                yield _event(item.data, item.id)
+            if wake:
+                while True:  # everything after the cursor, a page at a time
+                    page = await run_in_threadpool(_after, svc, cursor)
+                    for change in page:
+                        yield _event(change.model_dump(mode="json"), change.step.id)
+                        cursor = change.step.id
+                        if not ready:
+                            replayed += 1
+                    if len(page) < REPLAY_PAGE:
+                        break
+            if not ready:
+                # The first replay is over: the console can say "caught up N missed", and a fresh one
+                # (no cursor) gets the position to resume from and loads the list only now.
+                ready = True
+                yield ServerSentEvent(event="ready", id=str(cursor), data={"after": cursor, "replayed": replayed})
             if sub.ended:
                 return
+            batch = await sub.next_batch()
+            wake = any(item.kind == "alert" and (item.id is None or item.id > cursor) for item in batch)

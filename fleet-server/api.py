@@ -9,14 +9,14 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, HTTPException, Path, Query
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
 from polewatch.protocol.topics import DEVICE_ID_PATTERN
 
-from . import queries
+from . import queries, scope
 from .auth import Requires
 from .pagination import NO_NUL, IdCursor, Limit, int_cursor
 from .roles import Permission
@@ -67,8 +67,11 @@ def list_devices(
     dependencies=rule(Permission.FLEET_READ),
     responses={404: {"model": ErrorOut, "description": "No message from this device was ever stored."}},
 )
-def get_device(device_id: Annotated[str, Path(pattern=DEVICE_ID_PATTERN)], svc: ServicesDep) -> DeviceOut:
+def get_device(
+    device_id: Annotated[str, Path(pattern=DEVICE_ID_PATTERN)], request: Request, svc: ServicesDep
+) -> DeviceOut:
     with svc.sessions() as session:
+        scope.check_device(session, scope.sites_of(request), device_id)
         device = queries.get_device(session, device_id)
     if device is None:
         raise HTTPException(status_code=404, detail=f"unknown device {device_id!r}")
@@ -117,7 +120,12 @@ def list_camera_health(
     before = int_cursor(cursor)
     with svc.sessions() as session:
         return queries.list_camera_health(
-            session, device_id=device_id, camera_id=camera_id, condition=condition, open_only=open_only, limit=limit,
+            session,
+            device_id=device_id,
+            camera_id=camera_id,
+            condition=condition,
+            open_only=open_only,
+            limit=limit,
             before=before,
         )
 

@@ -30,13 +30,16 @@ from . import (
     delivery,
     enrolment_api,
     errors,
+    health_history_api,
     people_api,
     registry_api,
     stream,
 )
+from .alert_wakeups import AlertWakeups
 from .auth import COOKIE, PUBLIC, authenticate, unruled_routes
 from .db import make_engine, make_sessionmaker, safe_url, upgrade
 from .feed import Feed
+from .health_compaction import Compactor
 from .ingest import Ingest
 from .login_limits import LoginLimits
 from .services import Services
@@ -51,7 +54,7 @@ SHUTDOWN_GRACE_S = 5
 # Every router of the app; the access-rule check and the role-matrix test read their routes here.
 ROUTERS = (
     api.router, delivery.router, stream.router, people_api.router, registry_api.router, enrolment_api.router,
-    config_api.router, api.health_router,
+    config_api.router, api.health_router, health_history_api.router,
     alerts_stream.router,  # before alerts_api: /api/alerts/stream is not an /api/alerts/{alert_id}
     alerts_api.router,
 )  # fmt: skip
@@ -86,13 +89,22 @@ def create_app(settings: Settings | None = None, *, run_ingest: bool = True, mig
         )
         task = asyncio.create_task(ingest.run(), name="mqtt-ingest") if run_ingest else None
         deliveries = asyncio.create_task(dispatcher.run(), name="alert-deliveries")
+        wakeups = AlertWakeups(engine, sessions, feed, settings.alert_poll_s)
+        background = [deliveries, asyncio.create_task(wakeups.run(), name="alert-wakeups")]
+        if settings.health_compact_interval_s > 0:
+            compactor = Compactor(
+                sessions, settings.health_policy(), settings.health_compact_interval_s, settings.mqtt_client_id
+            )
+            background.append(asyncio.create_task(compactor.run(), name="health-compaction"))
         try:
             yield
         finally:
             feed.close()
-            deliveries.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await deliveries
+            for job in background:
+                job.cancel()
+            for job in background:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await job
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

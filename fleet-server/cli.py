@@ -38,6 +38,18 @@ DatabaseUrl = Annotated[
     ),
 ]
 
+HealthRawHours = Annotated[
+    float,
+    typer.Option(envvar="POLEWATCH_HEALTH_RAW_HOURS", help="Health history: keep every sample for this many hours."),
+]
+HealthFiveMinuteDays = Annotated[
+    float,
+    typer.Option(
+        envvar="POLEWATCH_HEALTH_FIVE_MINUTE_DAYS",
+        help="Then 5-minute min/max/average buckets for this many days; hourly buckets after that.",
+    ),
+]
+
 
 @app.command()
 def run(
@@ -86,6 +98,15 @@ def run(
             help="Send the session cookie over HTTPS only: set it when a TLS proxy serves the console.",
         ),
     ] = _DEFAULTS.cookie_secure,
+    health_raw_hours: HealthRawHours = _DEFAULTS.health_raw_hours,
+    health_five_minute_days: HealthFiveMinuteDays = _DEFAULTS.health_five_minute_days,
+    health_compact_interval: Annotated[
+        float,
+        typer.Option(
+            envvar="POLEWATCH_HEALTH_COMPACT_INTERVAL",
+            help="Seconds between health-history compactions by this replica (0: never; run compact-health).",
+        ),
+    ] = _DEFAULTS.health_compact_interval_s,
     dynsec_username: Annotated[
         str, typer.Option(envvar="POLEWATCH_DYNSEC_USERNAME", help="Enrolment: the broker's dynamic-security admin.")
     ] = _DEFAULTS.dynsec_username,
@@ -153,6 +174,9 @@ def run(
             log_level=log_level,
             session_hours=session_hours,
             cookie_secure=cookie_secure,
+            health_raw_hours=health_raw_hours,
+            health_five_minute_days=health_five_minute_days,
+            health_compact_interval_s=health_compact_interval,
             dynsec_username=dynsec_username,
             dynsec_password=SecretStr(dynsec_password) if dynsec_password else None,
             dynsec_host=dynsec_host,
@@ -201,6 +225,48 @@ def migrate(
         engine.dispose()
     state = "already at" if before == after else f"migrated from {before or 'empty'} to"
     typer.echo(f"{safe_url(database_url)}: {state} revision {after}")
+
+
+@app.command("compact-health")
+def compact_health(
+    database_url: DatabaseUrl = _DEFAULTS.database_url,
+    health_raw_hours: HealthRawHours = _DEFAULTS.health_raw_hours,
+    health_five_minute_days: HealthFiveMinuteDays = _DEFAULTS.health_five_minute_days,
+) -> None:
+    """Fold aged health samples into 5-minute and hourly buckets now (the server also does it every
+    --health-compact-interval). Safe beside running replicas: one compaction runs at a time."""
+    from rich.console import Console
+
+    from .db import make_engine, make_sessionmaker, safe_url, upgrade
+    from .health_compaction import Report, compact
+    from .health_rollup import Policy
+    from .logs import setup_logging
+
+    try:
+        policy = Policy(health_raw_hours, health_five_minute_days)
+    except ValueError as exc:
+        typer.echo(f"compact-health: {exc}", err=True)
+        raise typer.Exit(2) from None
+    setup_logging("WARNING")
+    console = Console(stderr=True)
+    engine = make_engine(database_url)
+    try:
+        upgrade(engine)
+        with console.status("compacting health history...") as status:
+
+            def progress(report: Report) -> None:
+                status.update(
+                    f"compacting health history: {report.raw_folded} raw samples and "
+                    f"{report.five_minute_folded} 5-minute buckets folded"
+                )
+
+            report = compact(make_sessionmaker(engine), policy, holder=f"cli:{_cli_actor().name}", progress=progress)
+    finally:
+        engine.dispose()
+    typer.echo(
+        f"{safe_url(database_url)}: folded {report.raw_folded} raw samples into {report.five_minute_written} "
+        f"5-minute buckets and {report.five_minute_folded} 5-minute buckets into {report.hourly_written} hourly ones"
+    )
 
 
 @app.command("broker-setup")

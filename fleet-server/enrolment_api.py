@@ -31,9 +31,9 @@ from starlette.concurrency import run_in_threadpool
 
 from polewatch.protocol.enrolment import BrokerGrant, EnrolmentGrant, EnrolmentRefused, EnrolmentRequest, normalise_code
 
-from . import enrolment, registry
+from . import enrolment, registry, scope
 from .api import DENIED, ERRORS, rule
-from .auth import PUBLIC, client_address, principal
+from .auth import PUBLIC, client_address
 from .broker_access import pki
 from .broker_access.dynsec import DynsecAdmin, DynsecError
 from .models import EnrolmentCode
@@ -149,8 +149,7 @@ async def _broker(svc: Services, what: str, call: Any) -> None:
 
 def _sites_of(request: Request) -> list[str] | None:
     """Technicians work on their assigned sites only; other roles with the permission on all."""
-    who = principal(request)
-    return list(who.sites) if who.role == "technician" else None
+    return scope.sites_of(request)
 
 
 def _new_code_out(row: EnrolmentCode, code: str) -> NewCodeOut:

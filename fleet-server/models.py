@@ -138,6 +138,46 @@ class HealthSample(Base):
     body: Mapped[dict[str, Any]] = mapped_column(JsonDoc)
 
 
+class HealthRollup(Base):
+    """Health samples of one device over one time bucket, once the raw samples have aged out.
+
+    `bucket_s` is the tier: 300 (5-minute buckets, after the raw window) or 3600 (hourly, after the
+    5-minute window). `stats` holds, per metric, the count, sum, min and max of the samples that
+    had it: every one of those merges exactly, so a late sample or a second pass adds to a bucket
+    without re-reading what was folded into it. JSON rather than a column per statistic because
+    the metric set follows the health message, which grows.
+    """
+
+    __tablename__ = "health_rollups"
+    __table_args__ = (
+        UniqueConstraint("device_id", "bucket_s", "bucket_start", name="uq_health_rollups_bucket"),
+        Index("ix_health_rollups_bucket_s_bucket_start", "bucket_s", "bucket_start"),
+    )
+
+    id: Mapped[int] = mapped_column(RowId, primary_key=True, autoincrement=True)
+    device_id: Mapped[str] = mapped_column(String(64), ForeignKey("devices.device_id"))
+    bucket_s: Mapped[int] = mapped_column(Integer(), doc="Bucket length: 300 or 3600 seconds.")
+    bucket_start: Mapped[datetime] = mapped_column(UtcDateTime(), doc="By the device's clock (sent_at).")
+    samples: Mapped[int] = mapped_column(Integer())
+    stats: Mapped[dict[str, Any]] = mapped_column(JsonDoc, doc="metric -> {n, sum, min, max}.")
+
+
+class MaintenanceLease(Base):
+    """One row per background job that must not run twice at once across replicas.
+
+    Each pass of the job starts its transaction by updating its row: the row lock (PostgreSQL) or
+    the write lock (SQLite) holds any other replica's pass until this one commits, and the row
+    says when the job last ran and what it did.
+    """
+
+    __tablename__ = "maintenance_leases"
+
+    job: Mapped[str] = mapped_column(String(64), primary_key=True)
+    holder: Mapped[str | None] = mapped_column(String(120), default=None, doc="Who ran the last pass.")
+    last_run_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), default=None)
+    last_result: Mapped[dict[str, Any] | None] = mapped_column(JsonDoc, default=None)
+
+
 class PresenceChange(Base):
     """Every presence message: the online/offline history, and the dedup key for presence.
 
@@ -225,9 +265,7 @@ class GivenUpRange(Base):
     lost with a damaged outbox. A range can be reported more than once; it is stored once."""
 
     __tablename__ = "given_up_ranges"
-    __table_args__ = (
-        UniqueConstraint("device_id", "first", "last", "reason", name="uq_given_up_ranges_range"),
-    )
+    __table_args__ = (UniqueConstraint("device_id", "first", "last", "reason", name="uq_given_up_ranges_range"),)
 
     id: Mapped[int] = mapped_column(RowId, primary_key=True, autoincrement=True)
     device_id: Mapped[str] = mapped_column(String(64), ForeignKey("devices.device_id"))

@@ -51,9 +51,7 @@ def _check_role(role: str) -> None:
 
 def _check_password(password: str) -> None:
     if not passwords.MIN_LENGTH <= len(password) <= passwords.MAX_LENGTH:
-        raise PeopleError(
-            422, f"a password needs {passwords.MIN_LENGTH} to {passwords.MAX_LENGTH} characters"
-        )
+        raise PeopleError(422, f"a password needs {passwords.MIN_LENGTH} to {passwords.MAX_LENGTH} characters")
 
 
 def user_view(user: User) -> dict[str, Any]:
@@ -159,6 +157,28 @@ def update_user(
         _end_sessions(session, user.id)  # a disabled account or a new password signs everyone out
     changes = {"password": "changed"} if password is not None else {}
     audit.record(session, actor, "user.update", "user", user.id, before=before, after={**after, **changes})
+    return user
+
+
+def assign_sites(session: Session, actor: Actor, user_id: int, sites: list[str]) -> User:
+    """Set the sites a person works on (replacing the list). Only sites the registry knows: a typo
+    would otherwise leave a technician with a site that matches nothing, silently."""
+    from .models import Site  # the registry's table; people do not depend on the registry otherwise
+
+    user = session.get(User, user_id, with_for_update=True)
+    if user is None:
+        raise PeopleError(404, f"no user with id {user_id}")
+    wanted = sorted(set(sites))
+    known = set(session.scalars(select(Site.site_id).where(Site.site_id.in_(wanted)))) if wanted else set()
+    unknown = [s for s in wanted if s not in known]
+    if unknown:
+        raise PeopleError(422, f"no such site: {', '.join(unknown)} (add it with POST /api/sites first)")
+    before = list(user.sites)
+    if before == wanted:
+        return user
+    user.sites = wanted
+    user.updated_at = now()
+    audit.record(session, actor, "user.sites", "user", user.id, before={"sites": before}, after={"sites": wanted})
     return user
 
 

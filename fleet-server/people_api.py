@@ -27,6 +27,7 @@ from .people_schemas import (
     LoginIn,
     MeOut,
     NewTokenOut,
+    SitesIn,
     TokenIn,
     TokenOut,
     TokenPage,
@@ -158,6 +159,18 @@ def update_user(user_id: RowIdPath, body: UserPatch, request: Request, svc: Serv
     with _change(svc) as session:
         user = people.update_user(session, actor, user_id, **body.model_dump(exclude_unset=True))
         return UserOut.of(user)
+
+
+@router.put(
+    "/users/{user_id}/sites", tags=["users"], summary="Assign the sites a person (a technician) works on",
+    dependencies=rule(Permission.USERS_MANAGE),
+    responses={404: {"model": ErrorOut, "description": "No such user."}},
+)  # fmt: skip
+def assign_sites(user_id: RowIdPath, body: SitesIn, request: Request, svc: ServicesDep) -> UserOut:
+    """Replaces the list; audited as `user.sites`. Takes effect on the person's next request."""
+    actor = principal(request).actor(client_address(request))
+    with _change(svc) as session:
+        return UserOut.of(people.assign_sites(session, actor, user_id, body.sites))
 
 
 # --- API tokens ------------------------------------------------------------------------------------------

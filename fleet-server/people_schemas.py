@@ -62,6 +62,11 @@ class UserPatch(BaseModel):
     password: str | None = Field(default=None, min_length=MIN_LENGTH, max_length=MAX_LENGTH)
 
 
+class SitesIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    sites: list[SiteId] = Field(max_length=500, description="The site ids the person works on; [] for none.")
+
+
 class UserOut(BaseModel):
     id: int
     username: str

@@ -69,8 +69,12 @@ def update_site(session: Session, actor: Actor, site_id: str, changes: dict[str,
     return site
 
 
-def list_sites(session: Session, *, limit: int, after: str | None) -> tuple[list[Site], bool]:
+def list_sites(
+    session: Session, *, limit: int, after: str | None, sites: list[str] | None = None
+) -> tuple[list[Site], bool]:
     query = select(Site).order_by(Site.site_id).limit(limit + 1)
+    if sites is not None:
+        query = query.where(Site.site_id.in_(sites))
     if after is not None:
         query = query.where(Site.site_id > after)
     return split(list(session.scalars(query)), limit)
@@ -108,8 +112,12 @@ def update_pole(session: Session, actor: Actor, pole_id: str, changes: dict[str,
     return pole
 
 
-def list_poles(session: Session, *, site_id: str | None, limit: int, after: str | None) -> tuple[list[Pole], bool]:
+def list_poles(
+    session: Session, *, site_id: str | None, limit: int, after: str | None, sites: list[str] | None = None
+) -> tuple[list[Pole], bool]:
     query = select(Pole).order_by(Pole.pole_id).limit(limit + 1)
+    if sites is not None:
+        query = query.where(Pole.site_id.in_(sites))
     if site_id is not None:
         query = query.where(Pole.site_id == site_id)
     if after is not None:
@@ -231,9 +239,12 @@ def revoke_device(session: Session, actor: Actor, device_id: str, *, action: str
 
 def list_devices(
     session: Session, *, site_id: str | None = None, pole_id: str | None = None, group_id: str | None = None,
-    tag: str | None = None, status: str | None = None, limit: int, after: str | None,
+    tag: str | None = None, status: str | None = None, limit: int, after: str | None, sites: list[str] | None = None,
 ) -> tuple[list[RegisteredDevice], bool]:  # fmt: skip
     query = select(RegisteredDevice).order_by(RegisteredDevice.device_id).limit(limit + 1)
+    if sites is not None:
+        on_sites = select(Pole.pole_id).where(Pole.site_id.in_(sites))
+        query = query.where(RegisteredDevice.pole_id.in_(on_sites))
     if site_id is not None:
         query = query.join(Pole, Pole.pole_id == RegisteredDevice.pole_id).where(Pole.site_id == site_id)
     if pole_id is not None:

@@ -5,7 +5,8 @@ and the route table stays as it is. The role-matrix test walks every route with 
 
 - admin: people and machines' credentials, the audit log; sees everything.
 - ops: the fleet (registry, configuration, updates) and the ingest's internals.
-- technician: provisioning, on the sites they are assigned to.
+- technician: provisioning (poles, the boxes on them, enrolment codes), on the sites they are
+  assigned to only (scope.py narrows every request of theirs to those sites).
 - operator: the command centre's alerts and live feed.
 - viewer: reads, changes nothing.
 """
@@ -33,6 +34,9 @@ class Permission(str, Enum):
     SELF = "self"  # one's own session: who am I, sign out
     REGISTRY_MANAGE = "registry:manage"  # sites, poles, devices, groups, tags; revoke and replace boxes
     ENROLMENT_MANAGE = "enrolment:manage"  # enrolment codes for poles (technicians: on their own sites)
+    POLES_MANAGE = (
+        "poles:manage"  # poles and the boxes on them: add, change, register, move, tag (technicians: their sites)
+    )
 
 
 _EVERYONE = frozenset({Permission.FLEET_READ, Permission.SELF})
@@ -45,10 +49,11 @@ GRANTS: dict[Role, frozenset[Permission]] = {
         Permission.CONFIG_WRITE,
         Permission.COMMANDS_SEND,
         Permission.REGISTRY_MANAGE,
+        Permission.POLES_MANAGE,
         Permission.ENROLMENT_MANAGE,
         Permission.ALERTS_READ,
     },
-    "technician": _EVERYONE | {Permission.ENROLMENT_MANAGE},
+    "technician": _EVERYONE | {Permission.ENROLMENT_MANAGE, Permission.POLES_MANAGE},
     "operator": _EVERYONE | {Permission.ALERTS_READ, Permission.ALERTS_HANDLE, Permission.ROUTING_MANAGE},
     "viewer": _EVERYONE | {Permission.ALERTS_READ},
 }

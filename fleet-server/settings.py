@@ -7,7 +7,9 @@ place where defaults live.
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+
+from .health_rollup import Policy as HealthPolicy
 
 DEFAULT_DATABASE_URL = "sqlite:///var/fleet-server.sqlite3"
 
@@ -70,6 +72,20 @@ class Settings(BaseModel):
     login_failures_per_user: int = Field(
         default=5, ge=1, description="Wrong passwords for one username per 15 minutes before it is held."
     )
+    health_raw_hours: float = Field(
+        default=48.0, gt=0, le=24 * 365, description="Health history: keep every sample for this long."
+    )
+    health_five_minute_days: float = Field(
+        default=30.0, gt=0, le=3650, description="Then 5-minute buckets for this long; hourly buckets after that."
+    )
+    health_compact_interval_s: float = Field(
+        default=600.0, ge=0, description="How often this replica folds aged health samples (0: never; use the CLI)."
+    )
+    alert_poll_s: float = Field(
+        default=1.0, gt=0, le=60,
+        description="Live alert streams look for alerts stored by other replicas this often (PostgreSQL also "
+        "wakes them at once with LISTEN/NOTIFY; this is the fallback).",
+    )  # fmt: skip
     # Enrolment (issue 6): the broker a new box is sent to, and the admin account that makes its account.
     dynsec_username: str = Field(default="polewatch-admin", description="The broker's dynamic-security admin.")
     dynsec_password: SecretStr | None = Field(
@@ -98,6 +114,14 @@ class Settings(BaseModel):
         "client certificate instead of a password.",
     )  # fmt: skip
     enrolment_per_minute_per_client: int = Field(default=10, ge=1, description="Enrolment attempts per address.")
+
+    @model_validator(mode="after")
+    def _health_tiers(self) -> Settings:
+        HealthPolicy(self.health_raw_hours, self.health_five_minute_days)  # raises on tiers out of order
+        return self
+
+    def health_policy(self) -> HealthPolicy:
+        return HealthPolicy(self.health_raw_hours, self.health_five_minute_days)
 
     def mqtt_password_value(self) -> str | None:
         return self.mqtt_password.get_secret_value() if self.mqtt_password is not None else None

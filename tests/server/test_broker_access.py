@@ -123,7 +123,6 @@ async def _payloads_until(client: aiomqtt.Client, last: bytes) -> list[bytes]:
     return received
 
 
-
 def _failed(granted: object) -> bool:
     values = [getattr(g, "value", g) for g in granted]  # type: ignore[attr-defined]
     return all(v == 0x80 for v in values)

@@ -79,8 +79,13 @@ async def test_layers_preview_publish_refuse_rollback_and_drift(mosquitto_broker
             "scope": "fleet", "document": {"detect": {"fps": 2}, "health_interval_s": 30}})  # fmt: skip
         assert preview.status_code == 200, preview.text
         assert preview.json() == {
-            "devices": [{"device_id": "pole-a", "desired_version": 1,
-                         "changes": [{"path": "detect", "before": None, "after": {"fps": 2}}]}],
+            "devices": [
+                {
+                    "device_id": "pole-a",
+                    "desired_version": 1,
+                    "changes": [{"path": "detect", "before": None, "after": {"fps": 2}}],
+                }
+            ],
             "unchanged": 0,
         }  # fmt: skip  (health_interval_s stays 7: the device layer wins)
         slower = {"scope": "fleet", "document": {"detect": {"fps": 2}, "health_interval_s": 30}, "comment": "slower"}
@@ -133,7 +138,10 @@ async def test_layers_preview_publish_refuse_rollback_and_drift(mosquitto_broker
 
             refused = await wait_for(drift, what="the refusal stored")
             assert (refused["drift"], refused["applied_version"], refused["refusal_field"]) == (
-                "refused", 2, "outbox.max_bytes")
+                "refused",
+                2,
+                "outbox.max_bytes",
+            )
             assert refused["refusal_reason"] == "outbox.max_bytes: too small"
             await box.send(build(ConfigReport(version=4, status="applied", applied_version=4, changed=["detect.fps"]),
                                  device_id="pole-a", seq=2))  # fmt: skip
@@ -170,7 +178,8 @@ async def test_groups_take_their_layer_and_only_their_members_change(
             {"path": "log_level", "before": "DEBUG", "after": None}]}], "unchanged": 0}  # fmt: skip
         moved = await api.put("/api/config/members/pole-b", headers=ops, json={"group": "south"})
         assert [(d["device_id"], d["desired_version"], d["group"]) for d in moved.json()["devices"]] == [
-            ("pole-b", 2, "south")]
+            ("pole-b", 2, "south")
+        ]
         assert (await retained_config(mosquitto_broker, "pole-b"))["body"] == {"version": 2, "config": {}}
         members = (await api.get("/api/config/members", headers=ops, params={"group": "south"})).json()
         assert [m["device_id"] for m in members["items"]] == ["pole-b", "pole-c"]

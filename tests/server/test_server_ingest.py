@@ -80,7 +80,11 @@ async def test_camera_health_messages_are_stored_once(broker: BrokerProcess, dat
         with run.sessions() as s:
             row = s.query(CameraHealthEvent).filter_by(message_id=start.id).one()
             assert (row.device_id, row.camera_id, row.condition, row.phase, row.variant) == (
-                "pole-a", "cam1", "covered", "start", "black",
+                "pole-a",
+                "cam1",
+                "covered",
+                "start",
+                "black",
             )
             assert row.since.tzinfo is not None and row.until is None
 
@@ -150,9 +154,17 @@ async def test_rule_events_are_stored_as_alerts(broker: BrokerProcess, database:
     """Agents with camera rules send `rule_event`; the starting ones (here a line crossed) raise an
     alert, like a detection's start does."""
     body = RuleEvent(
-        camera_id="cam1", rule_id="walkway", rule_type="line", event="cross", event_id="trk-1", label="person",
-        box=Box(x1=0.1, y1=0.2, x2=0.3, y2=0.6), frame_time=datetime.now(timezone.utc), frame_width=768,
-        frame_height=576, direction="a_to_b",
+        camera_id="cam1",
+        rule_id="walkway",
+        rule_type="line",
+        event="cross",
+        event_id="trk-1",
+        label="person",
+        box=Box(x1=0.1, y1=0.2, x2=0.3, y2=0.6),
+        frame_time=datetime.now(timezone.utc),
+        frame_width=768,
+        frame_height=576,
+        direction="a_to_b",
     )
     async with running_ingest(settings_for(broker, database)) as run:
         async with pole(broker) as pa:
@@ -224,9 +236,7 @@ def count_rows(db: Path) -> int:
 
 
 @pytest.mark.slow
-async def test_ingest_reconnects_after_the_broker_is_killed_and_restarted(
-    broker: BrokerProcess, database: str
-) -> None:
+async def test_ingest_reconnects_after_the_broker_is_killed_and_restarted(broker: BrokerProcess, database: str) -> None:
     async with running_ingest(settings_for(broker, database)) as run:
         async with pole(broker) as pa:
             await pa.send(detection(event_id="before"))

@@ -37,9 +37,7 @@ def test_every_route_has_exactly_one_rule_and_the_table_is_complete(tmp_path: Pa
     assert {("/", "GET"), ("/login", "GET")} <= walked
 
 
-def test_a_route_without_a_rule_stops_the_server_from_starting(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_route_without_a_rule_stops_the_server_from_starting(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     extra = APIRouter()
 
     @extra.get("/api/forgotten")
@@ -108,5 +106,12 @@ async def test_routes_by_roles(database: str) -> None:
     assert results[("GET", "/healthz")][ANONYMOUS] == 200
     assert [r for r in ROLES if results[("POST", "/api/sites")][r] != 403] == ["admin", "ops"]
     assert [r for r in ROLES if results[("POST", "/api/enrolment/codes")][r] != 403] == ["admin", "ops", "technician"]
+    # Technicians place poles and boxes (on their sites, scope.py), never sites, groups or people.
+    assert [r for r in ROLES if results[("POST", "/api/poles")][r] != 403] == ["admin", "ops", "technician"]
+    assert [r for r in ROLES if results[("POST", "/api/groups")][r] != 403] == ["admin", "ops"]
+    assert [r for r in ROLES if results[("PUT", "/api/users/{user_id}/sites")][r] != 403] == ["admin"]
+    # A technician without sites: things elsewhere do not exist for them.
+    assert results[("GET", "/api/poles/{pole_id}")]["technician"] == 404
+    assert all(results[("GET", "/api/devices/{device_id}/health/history")][r] == 404 for r in ROLES)
     assert results[("POST", "/api/enrolment")][ANONYMOUS] == 422  # public: the code is the credential
     print(f"role matrix: {len(results)} routes x {len(ROLES) + 1} principals checked")
