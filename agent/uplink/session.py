@@ -150,7 +150,6 @@ class Uplink:
         """Leave the current broker cleanly and connect to `config` from now on (see the module's doc)."""
         self._next_config = config
         self._switch_now.set()
-        self._wake.set()
 
     async def wait_sent(self, seq: int, timeout: float) -> bool:
         """True once the outbox message `seq` was acknowledged by the broker of this session, False after
@@ -352,9 +351,12 @@ class Uplink:
 
     async def _worker(self, client: aiomqtt.Client, picker: _Picker) -> None:
         while True:
-            pending, from_backlog = await picker.next()
+            try:
+                pending, from_backlog = await picker.next()
+            except _Switching:
+                return
             if self._next_config is not None:
-                await asyncio.Event().wait()  # switching: not sent, it stays in the outbox for the next broker
+                return  # switching: not sent, it stays in the outbox for the next broker
             self._publishing += 1
             self._none_publishing.clear()
             try:
@@ -431,6 +433,10 @@ class _Picker:
         wake = self.uplink._wake
         unpaced = self.bucket.rate is None
         while True:
+            if self.uplink._next_config is not None:
+                # Switching brokers. Checked on every turn: asyncio.wait_for before Python 3.12 may swallow
+                # the cancellation of a worker woken at that moment, and such a worker must still end.
+                raise _Switching()
             if self.live:
                 return self.live.popleft(), False
             if unpaced and self.backlog and not wake.is_set():
