@@ -100,14 +100,17 @@ def ids_from(*fleets: Fleet) -> list[str]:
     return [m.id for f in fleets for m in f.received if not isinstance(m, PresenceMessage)]
 
 
-async def produce(agent: Agent, accepted: list[str], count: int, every_s: float = 0.004) -> None:
-    """Events keep coming while the box moves: each one accepted by the outbox is remembered."""
-    for i in range(count):
-        body = RuleEvent(camera_id="cam1", rule_id="gate", rule_type="zone", event="enter", event_id=str(i),
-                         label="person", box=BOX, frame_time=datetime.now(timezone.utc), frame_width=640,
-                         frame_height=480)  # fmt: skip
-        accepted.append((await agent.outbox.put(body)).message.id)
-        await asyncio.sleep(every_s)
+async def produce(agent: Agent, accepted: list[str], count: int, batch: int = 10) -> None:
+    """Events keep coming while the box moves (a commit of `batch` at a time, back to back): each one the
+    outbox accepted is remembered."""
+    for start in range(0, count, batch):
+        bodies = [
+            RuleEvent(camera_id="cam1", rule_id="gate", rule_type="zone", event="enter", event_id=str(i),
+                      label="person", box=BOX, frame_time=datetime.now(timezone.utc), frame_width=640,
+                      frame_height=480)
+            for i in range(start, min(count, start + batch))
+        ]  # fmt: skip
+        accepted.extend(a.message.id for a in await agent.outbox.put_many(bodies))
 
 
 async def test_move_acks_on_the_old_broker_then_delivers_everything_exactly_once(
@@ -117,7 +120,7 @@ async def test_move_acks_on_the_old_broker_then_delivers_everything_exactly_once
     config = agent_config(a, tmp_path)
     accepted: list[str] = []
     async with fleet(a) as on_a, fleet(b) as on_b, running(config) as agent:
-        producer = asyncio.create_task(produce(agent, accepted, 400))
+        producer = asyncio.create_task(produce(agent, accepted, 300, batch=20))
         await eventually(lambda: len(accepted) >= 100, 20, "events to flow")
         directive = await on_a.send(move_to(b.port, serial=1), retain=True)
         ack = await ack_of(on_a, "move-1-pole-a", "done")
@@ -186,7 +189,7 @@ async def test_refused_directives_leave_the_box_on_its_broker_delivering(
             ack = await ack_of(on_a, reason, "refused")
             assert ack.body.result == {"refusal": reason}
             assert ack.body.reason is not None and ack.body.reason.startswith(f"{reason}: ")
-        await produce(agent, accepted, 20, every_s=0)
+        await produce(agent, accepted, 20)
         await eventually(lambda: set(accepted) <= set(ids_from(on_a)), 20, "events still delivered to A")
         assert on(agent, a) and agent.mover.moves == 0
     assert ids_from(on_b) == [], "nothing went to B"
@@ -204,7 +207,7 @@ async def test_an_unreachable_new_broker_sends_the_box_back_and_says_so(
         await on_a.send(move_to(nowhere, serial=2), retain=True)
         await ack_of(on_a, "move-2-pole-a", "done")
         await eventually(lambda: agent.uplink.config.port == nowhere, 10, "the agent to try the new broker")
-        await produce(agent, accepted, 20, every_s=0)  # made while it is cut off: kept in the outbox
+        await produce(agent, accepted, 20)  # made while it is cut off: kept in the outbox
         failed = await ack_of(on_a, "move-2-pole-a", "failed")
         assert failed.body.reason is not None and failed.body.reason.startswith(
             f"fallback: the new broker 127.0.0.1:{nowhere} accepted no connection within 1.5 s; "
