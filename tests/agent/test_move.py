@@ -54,7 +54,7 @@ def agent_config(broker: BrokerProcess, tmp_path: Path, *, fallback_after_s: flo
         "mqtt": {"host": broker.host, "port": broker.port, "username": "pole-a", "password": USERS["pole-a"],
                  "keepalive_s": 5, "reconnect_max_s": 0.5},
         "cameras": [{"id": "cam1", "url": str(SAMPLE_CLIP), "loop": True}],
-        "detect": {"fps": 1}, "health_interval_s": 1,
+        "detect": {"fps": 1}, "health_interval_s": 1, "outbox": {"replay_rate": None},  # unpaced: a fast test
         "trust": {"command_key": str(key_file)}, "move": {"fallback_after_s": fallback_after_s},
     })  # fmt: skip
 
@@ -100,17 +100,21 @@ def ids_from(*fleets: Fleet) -> list[str]:
     return [m.id for f in fleets for m in f.received if not isinstance(m, PresenceMessage)]
 
 
-async def produce(agent: Agent, accepted: list[str], count: int, batch: int = 10) -> None:
-    """Events keep coming while the box moves (a commit of `batch` at a time, back to back): each one the
-    outbox accepted is remembered."""
-    for start in range(0, count, batch):
+async def produce(agent: Agent, accepted: list[str], count: int, batch: int = 10,
+                  until: asyncio.Event | None = None, pause_s: float = 0.0) -> None:  # fmt: skip
+    """Events keep coming (a commit of `batch` at a time, `pause_s` apart), `count` of them or, with
+    `until`, until it is set: each one the outbox accepted is remembered."""
+    start = 0
+    while (until is not None and not until.is_set()) or (until is None and start < count):
         bodies = [
             RuleEvent(camera_id="cam1", rule_id="gate", rule_type="zone", event="enter", event_id=str(i),
                       label="person", box=BOX, frame_time=datetime.now(timezone.utc), frame_width=640,
                       frame_height=480)
-            for i in range(start, min(count, start + batch))
+            for i in range(start, start + batch if until is not None else min(count, start + batch))
         ]  # fmt: skip
         accepted.extend(a.message.id for a in await agent.outbox.put_many(bodies))
+        start += batch
+        await asyncio.sleep(pause_s)
 
 
 async def test_move_acks_on_the_old_broker_then_delivers_everything_exactly_once(
@@ -120,13 +124,17 @@ async def test_move_acks_on_the_old_broker_then_delivers_everything_exactly_once
     config = agent_config(a, tmp_path)
     accepted: list[str] = []
     async with fleet(a) as on_a, fleet(b) as on_b, running(config) as agent:
-        producer = asyncio.create_task(produce(agent, accepted, 300, batch=20))
+        enough = asyncio.Event()
+        producer = asyncio.create_task(produce(agent, accepted, 0, until=enough, pause_s=0.05))
         await eventually(lambda: len(accepted) >= 100, 20, "events to flow")
         directive = await on_a.send(move_to(b.port, serial=1), retain=True)
         ack = await ack_of(on_a, "move-1-pole-a", "done")
         assert ack.body.result == {"serial": 1, "from": f"127.0.0.1:{a.port}", "to": f"127.0.0.1:{b.port}",
                                    "server_url": None}  # fmt: skip
         await eventually(lambda: on(agent, b), 20, "the agent on broker B")
+        moved_at = len(accepted)
+        await eventually(lambda: len(accepted) >= moved_at + 100, 20, "events made on B")
+        enough.set()
         await producer
         await eventually(lambda: agent.outbox.pending_count() == 0, 20, "the outbox to drain on B")
         await eventually(lambda: set(accepted) <= set(ids_from(on_a, on_b)), 20, "every event at A or B")
