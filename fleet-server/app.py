@@ -27,6 +27,7 @@ from . import (
     alerts_stream,
     api,
     config_api,
+    fleet_move_api,
     delivery,
     enrolment_api,
     errors,
@@ -51,7 +52,7 @@ SHUTDOWN_GRACE_S = 5
 # Every router of the app; the access-rule check and the role-matrix test read their routes here.
 ROUTERS = (
     api.router, delivery.router, stream.router, people_api.router, registry_api.router, enrolment_api.router,
-    config_api.router, api.health_router,
+    config_api.router, fleet_move_api.router, api.health_router,
     alerts_stream.router,  # before alerts_api: /api/alerts/stream is not an /api/alerts/{alert_id}
     alerts_api.router,
 )  # fmt: skip

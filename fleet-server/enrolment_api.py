@@ -31,6 +31,7 @@ from starlette.concurrency import run_in_threadpool
 
 from polewatch.protocol.enrolment import BrokerGrant, EnrolmentGrant, EnrolmentRefused, EnrolmentRequest, normalise_code
 
+from .signing_key import public_key_pem
 from . import enrolment, registry
 from .api import DENIED, ERRORS, rule
 from .auth import PUBLIC, client_address, principal
@@ -295,11 +296,12 @@ async def enrol(body: EnrolmentRequest, request: Request, svc: ServicesDep) -> E
         ca_pem=_read_text(settings.enrolment_ca_file), username=plan.device_id, password=password,
         client_certificate_pem=certificate,
     )  # fmt: skip
+    command_key, _ = await run_in_threadpool(public_key_pem, settings)
     log.info("box enrolled", extra={"device_id": plan.device_id, "pole_id": plan.pole_id, "new": plan.new_device})
     return EnrolmentGrant(
         device_id=plan.device_id, pole_id=plan.pole_id, site=plan.site_id, box_fingerprint=fingerprint, broker=broker,
         server_url=settings.enrolment_public_url or str(request.base_url).rstrip("/"), config=plan.preset,
-        reissued=not plan.new_device, enrolled_at=enrolled_at,
+        reissued=not plan.new_device, enrolled_at=enrolled_at, command_key_pem=command_key,
     )  # fmt: skip
 
 

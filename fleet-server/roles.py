@@ -4,7 +4,7 @@ Routes ask for a permission, never for a role, so a new role or a changed duty i
 and the route table stays as it is. The role-matrix test walks every route with every role.
 
 - admin: people and machines' credentials, the audit log; sees everything.
-- ops: the fleet (registry, configuration, updates) and the ingest's internals.
+- ops: the fleet (registry, configuration, updates, moving it to another centre) and the ingest's internals.
 - technician: provisioning, on the sites they are assigned to.
 - operator: the command centre's alerts and live feed.
 - viewer: reads, changes nothing.
@@ -33,6 +33,7 @@ class Permission(str, Enum):
     SELF = "self"  # one's own session: who am I, sign out
     REGISTRY_MANAGE = "registry:manage"  # sites, poles, devices, groups, tags; revoke and replace boxes
     ENROLMENT_MANAGE = "enrolment:manage"  # enrolment codes for poles (technicians: on their own sites)
+    FLEET_MOVE = "fleet:move"  # re-point every box to another command centre (a signed move)
 
 
 _EVERYONE = frozenset({Permission.FLEET_READ, Permission.SELF})
@@ -47,6 +48,7 @@ GRANTS: dict[Role, frozenset[Permission]] = {
         Permission.REGISTRY_MANAGE,
         Permission.ENROLMENT_MANAGE,
         Permission.ALERTS_READ,
+        Permission.FLEET_MOVE,
     },
     "technician": _EVERYONE | {Permission.ENROLMENT_MANAGE},
     "operator": _EVERYONE | {Permission.ALERTS_READ, Permission.ALERTS_HANDLE, Permission.ROUTING_MANAGE},

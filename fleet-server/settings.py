@@ -93,6 +93,11 @@ class Settings(BaseModel):
         default=None, description="This server's URL as boxes reach it; default: the URL the box used."
     )
     enrolment_per_minute_per_client: int = Field(default=10, ge=1, description="Enrolment attempts per address.")
+    signing_key_file: str | None = Field(
+        default=None,
+        description="The fleet's command-signing key (Ed25519, PEM, mode 0600), made on first use; its public "
+        "half goes to each box at enrolment. Default: beside the SQLite database, else var/command-signing-key.pem.",
+    )
 
     def mqtt_password_value(self) -> str | None:
         return self.mqtt_password.get_secret_value() if self.mqtt_password is not None else None
