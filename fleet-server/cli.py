@@ -278,8 +278,9 @@ def move_fleet_command(
     wait: Annotated[float, typer.Option(help="Seconds to wait for the boxes' answers before printing.")] = 0,
     database_url: DatabaseUrl = _DEFAULTS.database_url,
     signing_key_file: SigningKeyFile = None,
-    broker_host: Annotated[str, typer.Option(envvar="POLEWATCH_MQTT_HOST", help="The broker this server publishes "
-                                             "to now (the OLD one).")] = _DEFAULTS.mqtt_host,  # fmt: skip
+    broker_host: Annotated[
+        str, typer.Option(envvar="POLEWATCH_MQTT_HOST", help="The broker this server publishes to now (the OLD one).")
+    ] = _DEFAULTS.mqtt_host,
     broker_port: Annotated[int, typer.Option(envvar="POLEWATCH_MQTT_PORT", help="Its port.")] = _DEFAULTS.mqtt_port,
     broker_username: Annotated[
         str, typer.Option(envvar="POLEWATCH_MQTT_USERNAME", help="The server's broker account.")

@@ -31,7 +31,6 @@ from starlette.concurrency import run_in_threadpool
 
 from polewatch.protocol.enrolment import BrokerGrant, EnrolmentGrant, EnrolmentRefused, EnrolmentRequest, normalise_code
 
-from .signing_key import public_key_pem
 from . import enrolment, registry
 from .api import DENIED, ERRORS, rule
 from .auth import PUBLIC, client_address, principal
@@ -44,6 +43,7 @@ from .registry_schemas import RegisteredDeviceOut, Slug
 from .roles import Permission
 from .schemas import ErrorOut
 from .services import Services, ServicesDep
+from .signing_key import public_key_pem
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/api", responses={**ERRORS, **DENIED})

@@ -37,7 +37,7 @@ DEFAULT_VALID_S = 30 * 24 * 3600
 
 class MoveIn(BaseModel):
     mqtt_host: str = Field(min_length=1, max_length=253, pattern=r"^[A-Za-z0-9_.:\[\]-]+$",
-                           description="The new broker as boxes reach it (the name in its TLS certificate).")  # fmt: skip
+                           description="The new broker as boxes reach it (its TLS name).")  # fmt: skip
     mqtt_port: int = Field(default=8883, ge=1, le=65535)
     tls: bool = Field(default=True, description="false: plain MQTT (a private network only).")
     ca_pem: str | None = Field(default=None, max_length=20000,

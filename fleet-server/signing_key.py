@@ -50,10 +50,10 @@ def load_or_create(path: Path) -> Ed25519PrivateKey:
             handle.flush()
             os.fsync(handle.fileno())
         return key
-    key = serialization.load_pem_private_key(data, password=None)
-    if not isinstance(key, Ed25519PrivateKey):
-        raise ValueError(f"{path} holds a {type(key).__name__}, not an Ed25519 private key")
-    return key
+    loaded = serialization.load_pem_private_key(data, password=None)
+    if not isinstance(loaded, Ed25519PrivateKey):
+        raise ValueError(f"{path} holds a {type(loaded).__name__}, not an Ed25519 private key")
+    return loaded
 
 
 def public_key_pem(settings: Settings) -> tuple[str, str]:

@@ -21,7 +21,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationErro
 from .signing import SignatureError, sign, verify
 from .topics import DEVICE_ID_PATTERN
 
-DIRECTIVE_TYPE = "polewatch/move_server/v1"
+DIRECTIVE_TYPE: Literal["polewatch/move_server/v1"] = "polewatch/move_server/v1"
 FLEET = "*"
 TARGET_PATTERN = rf"^(\*|{DEVICE_ID_PATTERN[1:-1]})$"
 # A pole's clock may be off by this much (it has no RTC battery on every model): tolerated both ways.

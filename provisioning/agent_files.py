@@ -54,7 +54,9 @@ def agent_config(
         if cert_file is not None:
             tls |= {"cert_file": str(cert_file), "key_file": str(key_file)}
         mqtt["tls"] = tls
-    config: dict[str, Any] = {"device_id": grant.device_id, "state_dir": str(state_dir), "mqtt": mqtt, "cameras": cameras}
+    config: dict[str, Any] = {
+        "device_id": grant.device_id, "state_dir": str(state_dir), "mqtt": mqtt, "cameras": cameras,
+    }  # fmt: skip
     if command_key_file is not None:
         config["trust"] = {"command_key": str(command_key_file)}
     return config

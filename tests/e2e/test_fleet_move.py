@@ -141,7 +141,7 @@ async def test_ops_move_the_fleet_and_see_each_box_answer(
         await client.subscribe(topics.down("pole-q", "move_server"), qos=1)
         message = await asyncio.wait_for(anext(aiter(client.messages)), 10)
     assert message.retain, "kept by the broker for a box that is off"
-    received = decode(bytes(message.payload), kinds=("move_server",))  # type: ignore[arg-type]
+    received = decode(bytes(message.payload), kinds=("move_server",))
     assert isinstance(received, MoveServerMessage)
     directive = check_directive(received.body.directive, received.body.signature, received.body.key_id,
                                 load_public_key(pem), device_id="pole-q", last_serial=1,
