@@ -16,6 +16,7 @@ from polewatch.logs import setup_logging
 
 from .capture.urls import redact_url
 from .config import AgentConfig, CameraConfig, ConfigError, load_config
+from .endpoint import EndpointStore
 
 app = typer.Typer(help="Run the pole agent and check its configuration.", no_args_is_help=True)
 err = Console(stderr=True)
@@ -57,7 +58,13 @@ def check_config(config: Annotated[Path, typer.Argument(help="The agent's YAML c
     cfg = _load(config)
     table = Table(title=f"{config}: valid", show_header=False)
     table.add_row("device", cfg.device_id)
-    table.add_row("broker", f"{cfg.mqtt.host}:{cfg.mqtt.port} ({'TLS' if cfg.mqtt.tls else 'plain TCP'})")
+    store = EndpointStore(cfg.state_dir)
+    mqtt = store.effective(cfg.mqtt)
+    moved = (f"; moved by signed directive {store.state.active.serial} ({store.path} overrides the file's mqtt)"
+             if store.state.active is not None else "")  # fmt: skip
+    table.add_row("broker", f"{mqtt.host}:{mqtt.port} ({'TLS' if mqtt.tls else 'plain TCP'}){moved}")
+    table.add_row("signed directives", f"verified with {cfg.trust.command_key}" if cfg.trust is not None
+                  else "refused: no trust.command_key")  # fmt: skip
     table.add_row("state dir", str(cfg.state_dir))
     for cam in cfg.cameras:
         table.add_row(f"camera {cam.id}", redact_url(cam.url))

@@ -74,6 +74,7 @@ __all__ = [
     "LoiterRuleConfig",
     "LowFpsConfig",
     "MotionConfig",
+    "MoveConfig",
     "MqttConfig",
     "OutboxConfig",
     "OutboxTtl",
@@ -82,6 +83,7 @@ __all__ = [
     "ShiftedConfig",
     "SnapshotConfig",
     "TlsConfig",
+    "TrustConfig",
     "ZoneRuleConfig",
     "load_config",
     "parse_config",
@@ -113,6 +115,21 @@ class MqttConfig(_Strict):
     reconnect_max_s: float = Field(default=30.0, gt=0, description="Ceiling of the reconnect backoff.")
 
 
+class TrustConfig(_Strict):
+    command_key: Path = Field(
+        description="The fleet's command-signing public key (PEM, Ed25519), written at enrolment: signed "
+        "directives (move_server) are followed only when it verifies them."
+    )
+
+
+class MoveConfig(_Strict):
+    fallback_after_s: float = Field(
+        default=600.0, ge=1, le=7 * 24 * 3600,
+        description="After a move, if the new broker has not accepted a connection within this time, go "
+        "back to the broker the box left and report it (docs/protocol.md, moving the command centre).",
+    )
+
+
 class CameraConfig(CameraSettings):
     """A camera as the box's own file gives it: the remote settings plus its local reference view."""
 
@@ -139,6 +156,8 @@ class AgentConfig(_Strict):
     outbox: OutboxConfig = Field(default_factory=OutboxConfig)
     health_interval_s: float = Field(default=10.0, ge=1, le=3600)
     log_level: LogLevel = "INFO"
+    trust: TrustConfig | None = None
+    move: MoveConfig = Field(default_factory=MoveConfig)
 
     @field_validator("cameras")
     @classmethod
@@ -197,4 +216,6 @@ def load_config(path: Path) -> AgentConfig:
             paths["reference"] = base / cam.reference
         cameras.append(cam.model_copy(update=paths) if paths else cam)
     updates["cameras"] = cameras
+    if config.trust is not None and not config.trust.command_key.is_absolute():
+        updates["trust"] = TrustConfig(command_key=base / config.trust.command_key)
     return config.model_copy(update=updates)

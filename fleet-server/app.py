@@ -30,6 +30,7 @@ from . import (
     delivery,
     enrolment_api,
     errors,
+    fleet_move_api,
     health_history_api,
     people_api,
     registry_api,
@@ -54,7 +55,7 @@ SHUTDOWN_GRACE_S = 5
 # Every router of the app; the access-rule check and the role-matrix test read their routes here.
 ROUTERS = (
     api.router, delivery.router, stream.router, people_api.router, registry_api.router, enrolment_api.router,
-    config_api.router, api.health_router, health_history_api.router,
+    config_api.router, fleet_move_api.router, api.health_router, health_history_api.router,
     alerts_stream.router,  # before alerts_api: /api/alerts/stream is not an /api/alerts/{alert_id}
     alerts_api.router,
 )  # fmt: skip

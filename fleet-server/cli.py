@@ -349,6 +349,127 @@ def revoke_certificate_command(
                "(systemctl reload mosquitto, or kill -HUP its pid)")  # fmt: skip
 
 
+SigningKeyFile = Annotated[
+    str | None,
+    typer.Option(envvar="POLEWATCH_SIGNING_KEY_FILE",
+                 help="The fleet's command-signing key (made 0600 on first use; default: beside a SQLite database)."),
+]  # fmt: skip
+
+
+@app.command("signing-key")
+def signing_key_command(
+    database_url: DatabaseUrl = _DEFAULTS.database_url,
+    signing_key_file: SigningKeyFile = None,
+    output: Annotated[Path | None, typer.Option("-o", "--output", help="Also write the public key here.")] = None,
+) -> None:
+    """Make the fleet's command-signing key if there is none, and print its public half and key id."""
+    from .signing_key import key_path, public_key_pem
+
+    settings = Settings(database_url=database_url, signing_key_file=signing_key_file)
+    try:
+        pem, kid = public_key_pem(settings)
+    except (OSError, ValueError) as exc:
+        typer.echo(f"signing-key: {exc}", err=True)
+        raise typer.Exit(2) from None
+    if output is not None:
+        output.write_text(pem)
+    typer.echo(f"key {kid} in {key_path(settings)} (private, 0600; back it up with the database)")
+    typer.echo(pem, nl=False)
+
+
+@app.command("move-fleet")
+def move_fleet_command(
+    mqtt_host: Annotated[str, typer.Option(help="The NEW broker's host as boxes reach it (its TLS name).")],
+    mqtt_port: Annotated[int, typer.Option(help="The new broker's port.")] = 8883,
+    ca_file: Annotated[
+        Path | None, typer.Option(help="CA certificate of the new broker (default: boxes keep the CA they trust).")
+    ] = None,
+    tls: Annotated[bool, typer.Option(help="--no-tls: plain MQTT to the new broker (private networks only).")] = True,
+    server_url: Annotated[str | None, typer.Option(help="The new server's HTTP URL, recorded by each box.")] = None,
+    device: Annotated[
+        list[str] | None, typer.Option("--device", help="Only this box (repeatable); default: the whole fleet.")
+    ] = None,
+    valid_days: Annotated[float, typer.Option(help="Boxes refuse the directive after this many days.")] = 30,
+    wait: Annotated[float, typer.Option(help="Seconds to wait for the boxes' answers before printing.")] = 0,
+    database_url: DatabaseUrl = _DEFAULTS.database_url,
+    signing_key_file: SigningKeyFile = None,
+    broker_host: Annotated[
+        str, typer.Option(envvar="POLEWATCH_MQTT_HOST", help="The broker this server publishes to now (the OLD one).")
+    ] = _DEFAULTS.mqtt_host,
+    broker_port: Annotated[int, typer.Option(envvar="POLEWATCH_MQTT_PORT", help="Its port.")] = _DEFAULTS.mqtt_port,
+    broker_username: Annotated[
+        str, typer.Option(envvar="POLEWATCH_MQTT_USERNAME", help="The server's broker account.")
+    ] = _DEFAULTS.mqtt_username or "",
+    broker_password: Annotated[
+        str | None, typer.Option(envvar="POLEWATCH_MQTT_PASSWORD", help="Its password; prefer the environment.")
+    ] = None,
+) -> None:
+    """Re-point the fleet to another broker: a signed directive, retained on every box's down branch.
+
+    Boxes online now answer at once (on this broker) and move; boxes that are off get it when they
+    come back. Each box's answer arrives through the running server's ingest: `--wait` polls the
+    database for them, and GET /api/fleet/moves/<serial> shows them later.
+    """
+    import time
+
+    from pydantic import SecretStr, ValidationError
+    from rich.console import Console
+    from rich.table import Table
+
+    from . import fleet_move
+    from .db import make_engine, make_sessionmaker, upgrade
+    from .downlink import PublishError, publish
+
+    try:
+        ca_pem = ca_file.read_text() if ca_file is not None else None
+        body = fleet_move.MoveIn(mqtt_host=mqtt_host, mqtt_port=mqtt_port, tls=tls, ca_pem=ca_pem,
+                                 server_url=server_url, devices=device, valid_for_s=int(valid_days * 86400))
+        settings = Settings(database_url=database_url, signing_key_file=signing_key_file, mqtt_host=broker_host,
+                            mqtt_port=broker_port, mqtt_username=broker_username or None,
+                            mqtt_password=SecretStr(broker_password) if broker_password else None)  # fmt: skip
+    except (OSError, ValidationError) as exc:
+        typer.echo(f"move-fleet: {exc}", err=True)
+        raise typer.Exit(2) from None
+    engine = make_engine(database_url)
+    try:
+        upgrade(engine)
+        sessions = make_sessionmaker(engine)
+        try:
+            with sessions.begin() as session:
+                serial, outgoing = fleet_move.prepare(session, settings, _cli_actor(), body)
+        except fleet_move.MoveError as exc:
+            typer.echo(f"move-fleet: {exc.detail}", err=True)
+            raise typer.Exit(1) from None
+        error = None
+        try:
+            asyncio.run(publish(settings, outgoing))
+        except PublishError as exc:
+            error = str(exc)
+        with sessions.begin() as session:
+            fleet_move.mark_published(session, serial, error)
+        deadline = time.monotonic() + wait
+        while True:
+            with sessions() as session:
+                result = fleet_move.status(session, serial)
+            assert result is not None
+            if time.monotonic() >= deadline or all(d.acked_at for d in result.devices):
+                break
+            time.sleep(0.5)
+    finally:
+        engine.dispose()
+    table = Table(title=f"move {serial} to {result.mqtt} (key {result.key_id}, target {result.target})")
+    for column in ("device", "published", "answer", "reason"):
+        table.add_column(column)
+    for d in result.devices:
+        table.add_row(d.device_id, "yes" if d.published_at else f"NO: {d.publish_error}",
+                      d.status if d.acked_at else "not yet", d.reason or "")  # fmt: skip
+    Console().print(table)
+    if error:
+        typer.echo(f"move-fleet: not published ({error}); the move is recorded: issue it again when the broker "
+                   "is back", err=True)  # fmt: skip
+        raise typer.Exit(1)
+
+
 user_app = typer.Typer(help="People who sign in to the console and the API.", no_args_is_help=True)
 token_app = typer.Typer(help="API tokens for machines and scripts.", no_args_is_help=True)
 app.add_typer(user_app, name="user")

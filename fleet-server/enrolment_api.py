@@ -43,6 +43,7 @@ from .registry_schemas import RegisteredDeviceOut, Slug
 from .roles import Permission
 from .schemas import ErrorOut
 from .services import Services, ServicesDep
+from .signing_key import public_key_pem
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/api", responses={**ERRORS, **DENIED})
@@ -304,11 +305,12 @@ async def enrol(body: EnrolmentRequest, request: Request, svc: ServicesDep) -> E
         client_certificate_pem=certificate,
         certificate_port=settings.enrolment_broker_cert_port if certificate is not None else None,
     )  # fmt: skip
+    command_key, _ = await run_in_threadpool(public_key_pem, settings)
     log.info("box enrolled", extra={"device_id": plan.device_id, "pole_id": plan.pole_id, "new": plan.new_device})
     return EnrolmentGrant(
         device_id=plan.device_id, pole_id=plan.pole_id, site=plan.site_id, box_fingerprint=fingerprint, broker=broker,
         server_url=settings.enrolment_public_url or str(request.base_url).rstrip("/"), config=plan.preset,
-        reissued=not plan.new_device, enrolled_at=enrolled_at,
+        reissued=not plan.new_device, enrolled_at=enrolled_at, command_key_pem=command_key,
     )  # fmt: skip
 
 

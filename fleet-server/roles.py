@@ -4,7 +4,7 @@ Routes ask for a permission, never for a role, so a new role or a changed duty i
 and the route table stays as it is. The role-matrix test walks every route with every role.
 
 - admin: people and machines' credentials, the audit log; sees everything.
-- ops: the fleet (registry, configuration, updates) and the ingest's internals.
+- ops: the fleet (registry, configuration, updates, moving it to another centre) and the ingest's internals.
 - technician: provisioning (poles, the boxes on them, enrolment codes), on the sites they are
   assigned to only (scope.py narrows every request of theirs to those sites).
 - operator: the command centre's alerts and live feed.
@@ -37,6 +37,7 @@ class Permission(str, Enum):
     POLES_MANAGE = (
         "poles:manage"  # poles and the boxes on them: add, change, register, move, tag (technicians: their sites)
     )
+    FLEET_MOVE = "fleet:move"  # re-point every box to another command centre (a signed move)
 
 
 _EVERYONE = frozenset({Permission.FLEET_READ, Permission.SELF})
@@ -52,6 +53,7 @@ GRANTS: dict[Role, frozenset[Permission]] = {
         Permission.POLES_MANAGE,
         Permission.ENROLMENT_MANAGE,
         Permission.ALERTS_READ,
+        Permission.FLEET_MOVE,
     },
     "technician": _EVERYONE | {Permission.ENROLMENT_MANAGE, Permission.POLES_MANAGE},
     "operator": _EVERYONE | {Permission.ALERTS_READ, Permission.ALERTS_HANDLE, Permission.ROUTING_MANAGE},

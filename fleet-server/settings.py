@@ -114,6 +114,11 @@ class Settings(BaseModel):
         "client certificate instead of a password.",
     )  # fmt: skip
     enrolment_per_minute_per_client: int = Field(default=10, ge=1, description="Enrolment attempts per address.")
+    signing_key_file: str | None = Field(
+        default=None,
+        description="The fleet's command-signing key (Ed25519, PEM, mode 0600), made on first use; its public "
+        "half goes to each box at enrolment. Default: beside the SQLite database, else var/command-signing-key.pem.",
+    )
 
     @model_validator(mode="after")
     def _health_tiers(self) -> Settings:

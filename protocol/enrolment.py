@@ -114,6 +114,11 @@ class EnrolmentGrant(_Strict):
     config: dict[str, Any] | None = Field(
         default=None, description="The remote config document, if the code had a preset."
     )
+    command_key_pem: str | None = Field(
+        default=None, max_length=2000,
+        description="The fleet's command-signing public key (Ed25519, PEM): the box pins it and follows a signed "
+        "directive (move_server) only when this key verifies it.",
+    )
     reissued: bool = Field(
         default=False, description="True when this box had enrolled before: same identity, new password."
     )

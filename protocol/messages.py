@@ -414,6 +414,22 @@ class Command(Body):
     )
 
 
+class MoveServer(Body):
+    """Server -> box, retained on `down/move_server`: a signed directive to connect to another broker.
+
+    `directive` is the signed JSON object as is (protocol/move.py says what it holds): the box checks
+    `signature` over its canonical bytes with the key pinned at enrolment before it reads anything in
+    it. The box answers with a `command_ack` for `command_id` (name `move_server`) on the broker it is
+    leaving, then moves; `command_id` only tracks the answer and is not signed (the serial inside the
+    directive is what stops a replay).
+    """
+
+    command_id: str = Field(pattern=COMMAND_ID_PATTERN, description="Unique per box and move; chosen by the server.")
+    directive: dict[str, Any] = Field(description="The signed MoveDirective, exactly as signed.")
+    signature: str = Field(max_length=200, description="Ed25519 signature of the directive's canonical JSON, base64.")
+    key_id: str = Field(max_length=100, description="Which key signed it: ed25519:<first 16 hex of SHA-256>.")
+
+
 class ConfigReport(Body):
     """Box -> server, on `up/config_report`: what became of a config document version."""
 
@@ -517,6 +533,13 @@ class CommandMessage(_Envelope):
     body: Command
 
 
+class MoveServerMessage(_Envelope):
+    """Sent by the server, retained: `device_id` is the box addressed, `seq` the server's own counter for it."""
+
+    kind: Literal["move_server"] = "move_server"
+    body: MoveServer
+
+
 Message = Annotated[
     PresenceMessage
     | HealthMessage
@@ -528,7 +551,8 @@ Message = Annotated[
     | ConfigReportMessage
     | CommandAckMessage
     | ConfigMessage
-    | CommandMessage,
+    | CommandMessage
+    | MoveServerMessage,
     Field(discriminator="kind"),
 ]
 # What every v1 receiver handles, and all `decode` returns unless the caller names more kinds.
@@ -546,9 +570,10 @@ V1Message = (
     | CommandAckMessage
     | ConfigMessage
     | CommandMessage
+    | MoveServerMessage
 )
 # Server -> box kinds (on `down/<kind>`); every other kind goes box -> server (on `up/<kind>`).
-DOWN_KINDS: tuple[str, ...] = ("config", "command")
+DOWN_KINDS: tuple[str, ...] = ("config", "command", "move_server")
 UP_KINDS: tuple[str, ...] = (*CORE_KINDS, "rule_event", "snapshot", "given_up", "config_report", "command_ack")
 KINDS: tuple[str, ...] = (*UP_KINDS, *DOWN_KINDS)
 
@@ -565,6 +590,7 @@ _BY_BODY: dict[type[Body], type[V1Message]] = {
     CommandAck: CommandAckMessage,
     DesiredConfig: ConfigMessage,
     Command: CommandMessage,
+    MoveServer: MoveServerMessage,
 }
 
 
@@ -584,6 +610,8 @@ def build(body: CommandAck, *, device_id: str, seq: int) -> CommandAckMessage: .
 def build(body: DesiredConfig, *, device_id: str, seq: int) -> ConfigMessage: ...
 @overload
 def build(body: Command, *, device_id: str, seq: int) -> CommandMessage: ...
+@overload
+def build(body: MoveServer, *, device_id: str, seq: int) -> MoveServerMessage: ...
 @overload
 def build(body: Body, *, device_id: str, seq: int) -> V1Message: ...
 def build(body: Body, *, device_id: str, seq: int) -> V1Message:

@@ -1,4 +1,5 @@
-"""What enrolment leaves on the box: the agent's config, the broker's CA, and how the agent starts.
+"""What enrolment leaves on the box: the agent's config, the broker's CA, the fleet's command key, and how
+the agent starts.
 
 Secrets are written owner-only, created that way, and replaced by an atomic rename, so a power cut
 in the middle never leaves a half-written config that stops the agent at the next boot.
@@ -39,6 +40,7 @@ def agent_config(
     ca_file: Path | None,
     cert_file: Path | None,
     key_file: Path | None,
+    command_key_file: Path | None = None,
 ) -> dict[str, Any]:
     broker = grant.broker
     mqtt: dict[str, Any] = {
@@ -55,7 +57,12 @@ def agent_config(
                 # The certificate is the credential there: no password on the box to steal or leak.
                 mqtt = {"host": broker.host, "port": broker.certificate_port}
         mqtt["tls"] = tls
-    return {"device_id": grant.device_id, "state_dir": str(state_dir), "mqtt": mqtt, "cameras": cameras}
+    config: dict[str, Any] = {
+        "device_id": grant.device_id, "state_dir": str(state_dir), "mqtt": mqtt, "cameras": cameras,
+    }  # fmt: skip
+    if command_key_file is not None:
+        config["trust"] = {"command_key": str(command_key_file)}
+    return config
 
 
 def write_agent_files(
@@ -71,6 +78,12 @@ def write_agent_files(
     if grant.broker.client_certificate_pem:
         cert_file = identity / "box.crt"
         cert_file.write_text(grant.broker.client_certificate_pem)
+    command_key_file = None
+    if grant.command_key_pem:
+        # Pinned: only directives this key signed can move the box (agent/uplink/move.py).
+        command_key_file = identity / "command-key.pem"
+        command_key_file.parent.mkdir(parents=True, exist_ok=True)
+        command_key_file.write_text(grant.command_key_pem)
     config = agent_config(
         grant,
         state_dir=state_dir,
@@ -78,6 +91,7 @@ def write_agent_files(
         ca_file=ca_file,
         cert_file=cert_file,
         key_file=key_file if cert_file else None,
+        command_key_file=command_key_file,
     )
     header = (
         f"# Written by `polewatch provision enrol` for device {grant.device_id} on pole {grant.pole_id}.\n"

@@ -17,12 +17,15 @@ from polewatch.protocol.commands import RestartCameraArgs, SetLogLevelArgs, Snap
 from ..capture.camera_health import CameraHealthChecker
 from ..clock import ClockWatch
 from ..config import AgentConfig, CameraConfig
+from ..endpoint import EndpointStore
 from ..health import HealthProbe
 from ..inference.detector import Detector, load_detector
 from ..inference.snapshot import redact
 from ..remote_config import ConfigRefused, RemoteConfigStore, effective_config
 from ..snapshot import write_snapshot
 from ..uplink.downlink import CommandRefused, Downlink
+from ..uplink.journal import CommandJournal
+from ..uplink.move import Mover
 from ..uplink.outbox import Outbox
 from ..uplink.session import Uplink
 from .camera_loops import _CameraLoops
@@ -55,17 +58,24 @@ class Agent(_CameraLoops, _HealthReporting):
         self._fixed_detector = detector
         self.detector = detector or self._load_detector(config)
         self.cameras: dict[str, CameraWorker] = {cam.id: CameraWorker(cam, self.detector) for cam in config.cameras}
-        self.downlink = Downlink(config.device_id, self.local_config, self, self.outbox, store=self.remote)
+        self.endpoints = EndpointStore(config.state_dir)
+        journal = CommandJournal(config.state_dir)
         self.snapshots_accepted = 0
         self.snapshots_dropped = 0
         self.uplink = Uplink(
-            config.mqtt,
+            self.endpoints.effective(config.mqtt),
             self.outbox,
             device_id=config.device_id,
             agent_version=__version__,
             replay_rate=config.outbox.replay_rate,
-            on_down=self.downlink.submit,
+            on_down=self._down,
         )
+        self.mover = Mover(
+            config.device_id, config.mqtt, self.endpoints, self.uplink, self.outbox, journal,
+            key_file=config.trust.command_key if config.trust else None, fallback_after_s=config.move.fallback_after_s,
+        )  # fmt: skip
+        self.downlink = Downlink(config.device_id, self.local_config, self, self.outbox, store=self.remote,
+                                 journal=journal, mover=self.mover)  # fmt: skip
         self.health = HealthProbe(__version__, config.state_dir)
         self.clock = ClockWatch()
         self.detect_rate = RateMeter()
@@ -75,6 +85,9 @@ class Agent(_CameraLoops, _HealthReporting):
         self.events_accepted = 0
         self.rule_events_accepted = 0
         self.camera_starts: dict[str, int] = {}  # camera id -> times started (restarts show here)
+
+    def _down(self, topic: str, payload: bytes) -> None:
+        self.downlink.submit(topic, payload)
 
     @property
     def checkers(self) -> dict[str, CameraHealthChecker]:
@@ -121,6 +134,7 @@ class Agent(_CameraLoops, _HealthReporting):
                 "config_version": self.remote.applied_version,
             },
         )
+        self.mover.start()
         tasks = [
             asyncio.create_task(self.uplink.run(), name="uplink"),
             asyncio.create_task(self.downlink.run(), name="downlink"),
@@ -137,6 +151,7 @@ class Agent(_CameraLoops, _HealthReporting):
                     raise error
         finally:
             await self.uplink.say_goodbye()
+            await self.mover.stop()
             for task in tasks:
                 task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

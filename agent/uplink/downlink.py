@@ -3,7 +3,8 @@
 Every message on the box's down branch is answered through the outbox (so the answer survives an
 outage like any event): a config document with a `config_report` (applied, or refused naming the
 field and the problem, in which case the box keeps running what it ran), a command with a
-`command_ack` (done, refused or failed, with the reason and the result). Nothing a server, a
+`command_ack` (done, refused or failed, with the reason and the result), a signed move directive
+with a `command_ack` too (agent/uplink/move.py). Nothing a server, a
 misconfigured tool or an attacker with broker access publishes there can stop the agent: anything
 that is not a valid message costs a log line and a counter, and is answered whenever it carries
 enough (a command id, a config version) to be answered.
@@ -37,6 +38,7 @@ from polewatch.protocol import (
     ConfigMessage,
     ConfigReport,
     MessageError,
+    MoveServerMessage,
     decode,
     topics,
 )
@@ -44,6 +46,7 @@ from polewatch.protocol import (
 from ..config import AgentConfig
 from ..remote_config import ConfigRefused, RemoteConfigStore, effective_config, refusal
 from .journal import CommandJournal
+from .move import Mover
 
 log = logging.getLogger("polewatch.agent.downlink")
 
@@ -84,6 +87,7 @@ class Downlink:
         *,
         store: RemoteConfigStore | None = None,
         journal: CommandJournal | None = None,
+        mover: Mover | None = None,
     ) -> None:
         self.device_id = device_id
         self.local_config = local_config
@@ -91,6 +95,7 @@ class Downlink:
         self.outbox = outbox
         self.store = store or RemoteConfigStore(local_config.state_dir)
         self.journal = journal or CommandJournal(local_config.state_dir)
+        self.mover = mover
         self.rejected: Counter[str] = Counter()  # reason code -> messages not understood
         self.handled = 0
         self._queue: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue(QUEUE_LIMIT)
@@ -149,6 +154,11 @@ class Downlink:
             await self._config(message)
         elif isinstance(message, CommandMessage):
             await self._command(message)
+        elif isinstance(message, MoveServerMessage):
+            if self.mover is None:
+                self._reject("unknown_kind", topic, payload, "this downlink does not follow move directives")
+            else:
+                await self.mover.handle(message)
 
     async def _answer_malformed(self, payload: bytes, exc: MessageError) -> None:
         """Answer a message we cannot take if it names what it is about: the server learns why."""

@@ -10,6 +10,11 @@ After a reconnect, what waited in the outbox (the backlog) is replayed alerts fi
 within a class, paced by a token bucket (`outbox.replay_rate`) so a pole coming back does not flood
 its link or the broker; messages made after the reconnect (live) go out as they come, ahead of the
 backlog, so a long replay never holds back what is happening now.
+
+`switch` moves the session to another broker (a signed move, agent/uplink/move.py) without a
+duplicate: no new publish starts, those in flight get their acknowledgement, an `offline` presence
+says where the box went, and the next connection goes to the new endpoint; what is still in the
+outbox is sent there.
 """
 
 from __future__ import annotations
@@ -42,6 +47,10 @@ FETCH = 1000
 # Acknowledgements handed to the outbox together (one hop to its writer thread per group).
 ACK_GROUP = 1024
 PUBLISH_TIMEOUT_S = 15.0
+
+
+class _Switching(Exception):
+    """The drain stopped cleanly because the session moves to another broker."""
 
 
 def backoff_delays(start: float = 0.5, ceiling: float = 30.0) -> list[float]:
@@ -130,6 +139,37 @@ class Uplink:
         self._wake = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._client: aiomqtt.Client | None = None
+        self._next_config: MqttConfig | None = None
+        self._switch_now = asyncio.Event()
+        self._sent_recent: deque[int] = deque(maxlen=4096)
+        self._sent_waiters: dict[int, asyncio.Future[None]] = {}
+        self._publishing = 0  # publishes waiting for their acknowledgement now
+        self._none_publishing = asyncio.Event()
+
+    def switch(self, config: MqttConfig) -> None:
+        """Leave the current broker cleanly and connect to `config` from now on (see the module's doc)."""
+        self._next_config = config
+        self._switch_now.set()
+
+    async def wait_sent(self, seq: int, timeout: float) -> bool:
+        """True once the outbox message `seq` was acknowledged by the broker of this session, False after
+        `timeout` (the link is down): the caller decides whether to wait longer."""
+        if seq in self._sent_recent:
+            return True
+        waiter = self._sent_waiters.setdefault(seq, asyncio.get_running_loop().create_future())
+        try:
+            await asyncio.wait_for(asyncio.shield(waiter), timeout)
+            return True
+        except (asyncio.TimeoutError, TimeoutError):
+            return False
+        finally:
+            self._sent_waiters.pop(seq, None)
+
+    def _sent(self, seq: int) -> None:
+        self._sent_recent.append(seq)
+        waiter = self._sent_waiters.get(seq)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     def notify(self) -> None:
         """Tell the drain loop that the outbox has something new (the outbox also says so itself)."""
@@ -187,6 +227,13 @@ class Uplink:
         will_payload: bytes | None = None
         while True:
             delay = 0.0
+            if self._next_config is not None:
+                log.warning("switching broker", extra={"from": f"{self.config.host}:{self.config.port}",
+                                                       "to": f"{self._next_config.host}:{self._next_config.port}"})
+                self.config, self._next_config = self._next_config, None
+                delays = backoff_delays(ceiling=self.config.reconnect_max_s)
+                attempt = 0
+            self._switch_now.clear()
             try:
                 # One will per session: failed attempts never publish it, so they reuse it (no new
                 # sequence number, no disk write, per attempt during a long outage).
@@ -212,6 +259,8 @@ class Uplink:
                     self.subscriptions += 1
                     try:
                         await _first_failure(self._drain(client), self._listen(client))
+                    except _Switching:
+                        await self._leave(client)
                     finally:
                         # Disconnected as soon as the session failed, not only once the client's own
                         # teardown (which may wait for its timeout) is over: health says so at once.
@@ -239,7 +288,18 @@ class Uplink:
                 self._client = None
                 self.connected = False
                 self.replaying = False
-            await asyncio.sleep(delay)
+            if self._next_config is None:
+                with contextlib.suppress(asyncio.TimeoutError, TimeoutError):  # a switch cuts the wait short
+                    await asyncio.wait_for(self._switch_now.wait(), delay)
+
+    async def _leave(self, client: aiomqtt.Client) -> None:
+        """Before a switch: a retained `offline` presence on the old broker (a clean disconnect sends no will)."""
+        target = self._next_config
+        reason = f"moved to {target.host}:{target.port}" if target is not None else "moved"
+        with contextlib.suppress(aiomqtt.MqttError, asyncio.TimeoutError, TimeoutError):
+            await client.publish(topics.up(self.device_id, "presence"),
+                                 await asyncio.to_thread(self._presence, "offline", reason),
+                                 qos=1, retain=True, timeout=5)  # fmt: skip
 
     async def _listen(self, client: aiomqtt.Client) -> None:
         """Read the down branch; the iterator also raises as soon as the link is lost."""
@@ -263,13 +323,25 @@ class Uplink:
         self.replaying = True
         self._wake.set()
         workers = [asyncio.create_task(self._worker(client, picker)) for _ in range(self.inflight)]
+        switch = asyncio.create_task(self._switch_now.wait())
         try:
-            done, _ = await asyncio.wait(workers, return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait([*workers, switch], return_when=asyncio.FIRST_COMPLETED)
             for task in done:
                 error = task.exception()
                 if error is not None:
                     raise error
+            # A switch: no worker starts a publish any more; those in flight get their acks first, so
+            # nothing is sent to both brokers.
+            if self._publishing:
+                with contextlib.suppress(asyncio.TimeoutError, TimeoutError):
+                    await asyncio.wait_for(self._none_publishing.wait(), PUBLISH_TIMEOUT_S)
+            for task in workers:
+                error = task.exception() if task.done() and not task.cancelled() else None
+                if error is not None:
+                    raise error
+            raise _Switching()
         finally:
+            switch.cancel()
             self.replaying = False
             for task in workers:
                 task.cancel()
@@ -279,10 +351,23 @@ class Uplink:
 
     async def _worker(self, client: aiomqtt.Client, picker: _Picker) -> None:
         while True:
-            pending, from_backlog = await picker.next()
-            await client.publish(pending.topic, pending.payload, qos=1, retain=pending.retain,
-                                 timeout=PUBLISH_TIMEOUT_S)
+            try:
+                pending, from_backlog = await picker.next()
+            except _Switching:
+                return
+            if self._next_config is not None:
+                return  # switching: not sent, it stays in the outbox for the next broker
+            self._publishing += 1
+            self._none_publishing.clear()
+            try:
+                await client.publish(pending.topic, pending.payload, qos=1, retain=pending.retain,
+                                     timeout=PUBLISH_TIMEOUT_S)
+            finally:
+                self._publishing -= 1
+                if not self._publishing:
+                    self._none_publishing.set()
             picker.acknowledged(pending)
+            self._sent(pending.seq)
             self.published += 1
             if from_backlog:
                 self.replayed += 1
@@ -348,6 +433,10 @@ class _Picker:
         wake = self.uplink._wake
         unpaced = self.bucket.rate is None
         while True:
+            if self.uplink._next_config is not None:
+                # Switching brokers. Checked on every turn: asyncio.wait_for before Python 3.12 may swallow
+                # the cancellation of a worker woken at that moment, and such a worker must still end.
+                raise _Switching()
             if self.live:
                 return self.live.popleft(), False
             if unpaced and self.backlog and not wake.is_set():

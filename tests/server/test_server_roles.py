@@ -73,6 +73,7 @@ async def test_routes_by_roles(database: str) -> None:
     samples = {
         "device_id": "pole-a", "user_id": str(user_id), "token_id": "999", "site_id": "site-a", "pole_id": "pole-a",
         "group_id": "group-a", "code_id": "999", "alert_id": "999", "delivery_id": "999",
+        "serial": "999",
     }  # fmt: skip
 
     results: dict[tuple[str, str], dict[str, int]] = {}
@@ -113,5 +114,6 @@ async def test_routes_by_roles(database: str) -> None:
     # A technician without sites: things elsewhere do not exist for them.
     assert results[("GET", "/api/poles/{pole_id}")]["technician"] == 404
     assert all(results[("GET", "/api/devices/{device_id}/health/history")][r] == 404 for r in ROLES)
+    assert [r for r in ROLES if results[("POST", "/api/fleet/move")][r] != 403] == ["admin", "ops"]
     assert results[("POST", "/api/enrolment")][ANONYMOUS] == 422  # public: the code is the credential
     print(f"role matrix: {len(results)} routes x {len(ROLES) + 1} principals checked")
