@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import ssl
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -63,6 +64,14 @@ def run(
     mqtt_password: Annotated[
         str | None,
         typer.Option(envvar="POLEWATCH_MQTT_PASSWORD", help="Broker password; prefer the environment variable."),
+    ] = None,
+    mqtt_ca_file: Annotated[
+        Path | None,
+        typer.Option(
+            envvar="POLEWATCH_MQTT_CA_FILE",
+            help="Connect to the broker with TLS, verifying its certificate against this CA (PEM; broker-setup's "
+            "ca.crt). Without it: plain MQTT, for a loopback-only listener.",
+        ),
     ] = None,
     mqtt_client_id: Annotated[
         str,
@@ -167,6 +176,7 @@ def run(
             mqtt_port=mqtt_port,
             mqtt_username=mqtt_username or None,
             mqtt_password=SecretStr(mqtt_password) if mqtt_password else None,
+            mqtt_ca_file=mqtt_ca_file,
             mqtt_client_id=mqtt_client_id,
             mqtt_shared_group=mqtt_shared_group or None,
             http_host=http_host,
@@ -190,6 +200,15 @@ def run(
         )
     except ValidationError as exc:
         typer.echo(f"invalid settings:\n{exc}", err=True)
+        raise typer.Exit(2) from None
+    try:
+        settings.mqtt_tls_context()
+    except ssl.SSLError as exc:
+        typer.echo(
+            f"--mqtt-ca-file {mqtt_ca_file}: not a CA certificate in PEM form ({exc.reason or exc}); give the CA "
+            "that signed the broker's certificate (broker-setup's ca.crt)",
+            err=True,
+        )
         raise typer.Exit(2) from None
     setup_logging(settings.log_level)
 

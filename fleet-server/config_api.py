@@ -17,7 +17,7 @@ from typing import Annotated, Any, Literal
 import anyio.from_thread
 from fastapi import APIRouter, HTTPException, Path, Query, Request
 from pydantic import BaseModel, Field, ValidationError
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -465,14 +465,16 @@ def send_command(
         anyio.from_thread.run(publish, svc.settings, [outgoing])
     except PublishError as exc:
         error = str(exc)[:300]
+    this = DeviceCommand.command_id == command_id
     with svc.sessions.begin() as session:
-        stored = session.scalars(select(DeviceCommand).where(DeviceCommand.command_id == command_id)).one()
         if error:
-            stored.publish_error = error
+            session.execute(update(DeviceCommand).where(this).values(publish_error=error))
         else:
-            stored.published_at = datetime.now(timezone.utc)
-            if stored.status == "unsent":  # an ack may already be in (a fast box)
-                stored.status = "sent"
+            session.execute(update(DeviceCommand).where(this).values(published_at=datetime.now(timezone.utc)))
+            # An ack may already be in (a fast box). One conditional UPDATE, not read-then-write: the
+            # ingest can commit the ack between a read and the write, and 'sent' would overwrite 'done'.
+            session.execute(update(DeviceCommand).where(this, DeviceCommand.status == "unsent").values(status="sent"))
+        stored = session.scalars(select(DeviceCommand).where(this)).one()
     return CommandOut.of(stored)
 
 

@@ -43,6 +43,7 @@ async def publish(settings: Settings, messages: list[Outgoing]) -> None:
             identifier=f"{settings.mqtt_client_id[:40]}-down-{uuid.uuid4().hex[:12]}",
             protocol=aiomqtt.ProtocolVersion.V311,
             clean_session=True,
+            tls_context=settings.mqtt_tls_context(),
             timeout=PUBLISH_TIMEOUT_S,
         ) as client:
             for m in messages:

@@ -128,9 +128,12 @@ def _admin(svc: Services) -> DynsecAdmin:
             detail="the broker's admin account is not configured (POLEWATCH_DYNSEC_PASSWORD): the server cannot "
             "make, revoke or replace boxes' broker accounts",
         )
+    # TLS when the admin goes to the ingest's listener; a --dynsec-port of its own is the broker's
+    # plain loopback listener (broker-setup --local-port), where TLS would fail.
+    same_listener = s.dynsec_port in (None, s.mqtt_port)
     return DynsecAdmin(
         s.dynsec_host or s.mqtt_host, s.dynsec_port or s.mqtt_port, username=s.dynsec_username,
-        password=s.dynsec_password.get_secret_value(),
+        password=s.dynsec_password.get_secret_value(), tls_context=s.mqtt_tls_context() if same_listener else None,
     )  # fmt: skip
 
 

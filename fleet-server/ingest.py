@@ -140,6 +140,7 @@ class Ingest:
                     protocol=aiomqtt.ProtocolVersion.V311,
                     clean_session=False,
                     keepalive=s.mqtt_keepalive_s,
+                    tls_context=s.mqtt_tls_context(),
                     timeout=10,
                 )
                 # Acknowledge after the commit, not on receipt (see the module docstring). aiomqtt
@@ -169,6 +170,7 @@ class Ingest:
             "mqtt connected",
             extra={
                 "broker": f"{self.settings.mqtt_host}:{self.settings.mqtt_port}",
+                "tls": self.settings.mqtt_ca_file is not None,
                 "client_id": self.settings.mqtt_client_id,
                 "subscribed": subscription_filters(self.settings.mqtt_shared_group),
                 "connects": st.connects,

@@ -7,7 +7,9 @@ place where defaults live.
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+import ssl
+
+from pydantic import BaseModel, ConfigDict, Field, FilePath, SecretStr, model_validator
 
 from .health_rollup import Policy as HealthPolicy
 
@@ -46,6 +48,11 @@ class Settings(BaseModel):
         "shared subscriptions (Mosquitto does; the embedded amqtt broker does not, and there a "
         "shared filter would silently match nothing). None: a plain subscription (one replica, or "
         "every replica sees everything and the idempotent store keeps one copy).",
+    )
+    mqtt_ca_file: FilePath | None = Field(
+        default=None,
+        description="Connect to the broker with TLS, trusting this CA (PEM) for the broker's certificate; its "
+        "host name is checked against mqtt_host. None: plain MQTT (a loopback-only listener on the broker's host).",
     )
     mqtt_keepalive_s: int = Field(default=30, ge=5, le=600)
     mqtt_reconnect_min_s: float = Field(
@@ -130,6 +137,14 @@ class Settings(BaseModel):
 
     def mqtt_password_value(self) -> str | None:
         return self.mqtt_password.get_secret_value() if self.mqtt_password is not None else None
+
+    def mqtt_tls_context(self) -> ssl.SSLContext | None:
+        """For every connection the server makes to the broker: ingest, downlink and the admin account.
+
+        Raises ssl.SSLError when the file is not a PEM certificate."""
+        if self.mqtt_ca_file is None:
+            return None
+        return ssl.create_default_context(cafile=str(self.mqtt_ca_file))
 
     def console_url(self, port: int | None = None) -> str:
         """The URL an operator opens; a wildcard bind address is shown as loopback."""

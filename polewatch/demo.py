@@ -2,8 +2,11 @@
 
 It starts the embedded broker, the fleet server on SQLite and simulated poles that watch the sample
 clip, each as its own process, exactly as they would run in the field (so the demo exercises the real
-CLI of each part). Children run in their own sessions, so Ctrl-C reaches only the demo, which then
-stops them in order: poles first (they publish 'offline'), then the server, then the broker.
+CLI of each part). The broker speaks TLS only, as a deployment's does: its CA and certificate are made
+(or, in a kept --state-dir, reused) by the same code as `polewatch server broker-setup`'s, and the
+server and the poles verify the broker against that CA. Children run in their own sessions, so Ctrl-C
+reaches only the demo, which then stops them in order: poles first (they publish 'offline'), then
+the server, then the broker.
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ from typing import IO
 
 import yaml
 from rich.console import Console
+
+from polewatch.fleet_server.broker_access.broker_tls import ensure_broker_tls
 
 from .embedded_broker import write_password_file
 
@@ -147,10 +152,23 @@ def demo_login(state: Path) -> DemoLogin:
     return login
 
 
-def build_stack(state: Path, *, http_port: int, poles: int) -> tuple[list[Child], str]:
-    """Write credentials and configs into `state` and describe the processes of the demo."""
+# What the server and the poles call the broker, hence the names its certificate is made for.
+BROKER_HOST = "127.0.0.1"
+
+
+@dataclass(frozen=True)
+class DemoStack:
+    children: list[Child]
+    base: str  # the console's URL
+    broker_url: str
+    ca_file: Path  # what the server and the poles trust for the broker
+
+
+def build_stack(state: Path, *, http_port: int, poles: int) -> DemoStack:
+    """Write credentials, TLS files and configs into `state` and describe the processes of the demo."""
     python = [sys.executable, "-m", "polewatch"]
     broker_port = free_port()
+    tls = ensure_broker_tls(state / "broker-tls", [BROKER_HOST, "localhost"])
     passwords = {"fleet-server": secrets.token_urlsafe(16)}
     pole_ids = [f"demo-pole-{i + 1}" for i in range(poles)]
     passwords |= {pole: secrets.token_urlsafe(16) for pole in pole_ids}
@@ -159,14 +177,16 @@ def build_stack(state: Path, *, http_port: int, poles: int) -> tuple[list[Child]
     children = [
         Child(
             "broker",
-            [sys.executable, "-m", "polewatch.embedded_broker", "--port", str(broker_port),
-             "--password-file", str(state / "broker-passwd")],
+            [sys.executable, "-m", "polewatch.embedded_broker", "--host", BROKER_HOST, "--port", str(broker_port),
+             "--password-file", str(state / "broker-passwd"), "--tls-cert-file", str(tls.cert_file),
+             "--tls-key-file", str(tls.key_file), "--tls-ca-file", str(tls.ca_file)],
             state / "broker.log",
         ),
         Child(
             "server",
             [*python, "server", "run", "--database-url", f"sqlite:///{state / 'fleet.db'}",
-             "--mqtt-host", "127.0.0.1", "--mqtt-port", str(broker_port), "--mqtt-username", "fleet-server",
+             "--mqtt-host", BROKER_HOST, "--mqtt-port", str(broker_port), "--mqtt-ca-file", str(tls.ca_file),
+             "--mqtt-username", "fleet-server",
              "--http-host", "127.0.0.1", "--http-port", str(http_port)],
             state / "server.log",
             env={"POLEWATCH_MQTT_PASSWORD": passwords["fleet-server"]},
@@ -177,7 +197,8 @@ def build_stack(state: Path, *, http_port: int, poles: int) -> tuple[list[Child]
         config = {
             "device_id": pole,
             "state_dir": str(state / pole),
-            "mqtt": {"host": "127.0.0.1", "port": broker_port, "username": pole, "password": passwords[pole]},
+            "mqtt": {"host": BROKER_HOST, "port": broker_port, "username": pole, "password": passwords[pole],
+                     "tls": {"ca_file": str(tls.ca_file)}},
             "cameras": [{"id": "cam1", "url": str(clip), "loop": True}],
             "detect": {"fps": 4},
             "health_interval_s": 5,
@@ -186,7 +207,7 @@ def build_stack(state: Path, *, http_port: int, poles: int) -> tuple[list[Child]
         path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
         path.chmod(0o600)
         children.append(Child(pole, [*python, "agent", "run", "--config", str(path)], state / f"{pole}.log"))
-    return children, f"http://127.0.0.1:{http_port}"
+    return DemoStack(children, f"http://127.0.0.1:{http_port}", f"mqtts://{BROKER_HOST}:{broker_port}", tls.ca_file)
 
 
 def run_demo(*, port: int, state_dir: Path | None, poles: int) -> int:
@@ -198,7 +219,8 @@ def run_demo(*, port: int, state_dir: Path | None, poles: int) -> int:
             state = state_dir.resolve()
             state.mkdir(parents=True, exist_ok=True)
         http_port = port or free_port()
-        children, base = build_stack(state, http_port=http_port, poles=poles)
+        demo = build_stack(state, http_port=http_port, poles=poles)
+        children, base = demo.children, demo.base
         stop_requested = False
 
         def request_stop(signum: int, _frame: object) -> None:
@@ -208,7 +230,7 @@ def run_demo(*, port: int, state_dir: Path | None, poles: int) -> int:
         signal.signal(signal.SIGINT, request_stop)
         signal.signal(signal.SIGTERM, request_stop)
         try:
-            with console.status("starting the embedded broker, the fleet server and the poles…"):
+            with console.status("starting the embedded broker (TLS), the fleet server and the poles…"):
                 login = demo_login(state)
                 for child in children:
                     child.start()
@@ -222,12 +244,15 @@ def run_demo(*, port: int, state_dir: Path | None, poles: int) -> int:
                 f"  console:   [bold]{base}/[/bold]\n"
                 f"  sign in:   [bold]{login.username}[/bold] / [bold]{login.password}[/bold]\n"
                 f"  API:       {base}/docs\n"
+                f"  broker:    {demo.broker_url} (TLS only; the server and the poles verify it)\n"
+                f"  broker CA: {demo.ca_file}\n"
                 f"  logs & db: {state}\n"
                 "Press Ctrl-C to stop.",
                 highlight=False,
             )
             print(f"console: {base}/", flush=True)
             print(f"login: {login.username} {login.password}", flush=True)
+            print(f"broker: {demo.broker_url} ca={demo.ca_file}", flush=True)
             while not stop_requested:
                 for child in children:
                     child.check_alive()

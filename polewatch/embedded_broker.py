@@ -4,6 +4,10 @@ amqtt is pure Python and speaks MQTT 3.1.1 only; it is far too slow for a city f
 runs Mosquitto (see README). It keeps queued QoS 1 messages of a persistent session only for
 clients that authenticated, so this wrapper always turns on password-file authentication.
 
+With `--tls-cert-file`/`--tls-key-file` its one listener speaks TLS only (the demo's: a CA and broker
+certificate from the project's own PKI, see `polewatch.demo`); without them it speaks plain MQTT, which
+the tests' unit-level agent and ingest checks use on loopback.
+
 Run as its own process (`python -m polewatch.embedded_broker`) so that the demo and the tests can
 kill and restart it like a real broker.
 """
@@ -15,6 +19,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+from dataclasses import dataclass
 from pathlib import Path
 
 from pwdlib import PasswordHash
@@ -29,11 +34,27 @@ def write_password_file(path: Path, users: dict[str, str]) -> None:
     path.chmod(0o600)
 
 
-async def serve(host: str, port: int, password_file: Path, sessions_db: Path) -> None:
+@dataclass(frozen=True)
+class ListenerTls:
+    cert_file: Path
+    key_file: Path
+    ca_file: Path | None = None  # verifies a client certificate when one is presented
+
+
+def listener_config(host: str, port: int, tls: ListenerTls | None) -> dict[str, object]:
+    listener: dict[str, object] = {"type": "tcp", "bind": f"{host}:{port}"}
+    if tls is not None:
+        listener |= {"ssl": True, "certfile": str(tls.cert_file), "keyfile": str(tls.key_file)}
+        if tls.ca_file is not None:
+            listener["cafile"] = str(tls.ca_file)
+    return listener
+
+
+async def serve(host: str, port: int, password_file: Path, sessions_db: Path, tls: ListenerTls | None = None) -> None:
     from amqtt.broker import Broker  # imported here: amqtt is only in the demo extra
 
     config = {
-        "listeners": {"default": {"type": "tcp", "bind": f"{host}:{port}"}},
+        "listeners": {"default": listener_config(host, port, tls)},
         "plugins": {
             "amqtt.plugins.authentication.FileAuthPlugin": {"password_file": str(password_file)},
             # Sessions and subscriptions survive a crash of the broker. Without this a restarted
@@ -51,7 +72,7 @@ async def serve(host: str, port: int, password_file: Path, sessions_db: Path) ->
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    print(f"embedded broker listening on {host}:{port}", flush=True)
+    print(f"embedded broker listening on {host}:{port} ({'TLS' if tls else 'plain MQTT'})", flush=True)
     await stop.wait()
     with contextlib.suppress(Exception):
         await asyncio.wait_for(broker.shutdown(), timeout=5)
@@ -65,10 +86,19 @@ def main() -> None:
     parser.add_argument(
         "--sessions-db", type=Path, help="SQLite file for persistent sessions (default: beside the password file)"
     )
+    parser.add_argument("--tls-cert-file", type=Path, help="The broker's certificate (PEM): the listener speaks TLS")
+    parser.add_argument("--tls-key-file", type=Path, help="Its private key (PEM)")
+    parser.add_argument("--tls-ca-file", type=Path, help="CA that verifies client certificates, when presented")
     args = parser.parse_args()
+    if (args.tls_cert_file is None) != (args.tls_key_file is None):
+        parser.error("--tls-cert-file and --tls-key-file go together: give both for TLS, neither for plain MQTT")
+    tls = ListenerTls(args.tls_cert_file, args.tls_key_file, args.tls_ca_file) if args.tls_cert_file else None
+    for given in (args.tls_cert_file, args.tls_key_file, args.tls_ca_file):
+        if given is not None and not given.is_file():
+            parser.error(f"{given} does not exist: make the broker's TLS files first (polewatch demo does)")
     logging.basicConfig(level=logging.WARNING)
     sessions_db = args.sessions_db or args.password_file.with_name("broker-sessions.sqlite3")
-    asyncio.run(serve(args.host, args.port, args.password_file, sessions_db))
+    asyncio.run(serve(args.host, args.port, args.password_file, sessions_db, tls))
 
 
 if __name__ == "__main__":

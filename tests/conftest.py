@@ -31,6 +31,24 @@ def mosquitto_broker(tmp_path: Path) -> Iterator[BrokerProcess]:
     handle.stop()
 
 
+@pytest.fixture(params=["mosquitto", "amqtt"])
+def tls_broker(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[BrokerProcess]:
+    """A broker of each kind whose only listener speaks TLS, with a CA and certificate from the
+    project's PKI: for tests of the whole stack, which should connect the way production does."""
+    if request.param == "amqtt":
+        pytest.importorskip("amqtt", reason="the embedded broker needs the demo extra")
+    handle = brokers.start(request.param, tmp_path / request.param, tls=brokers.project_tls(tmp_path))
+    yield handle
+    handle.stop()
+
+
+@pytest.fixture
+def tls_mosquitto_broker(tmp_path: Path) -> Iterator[BrokerProcess]:
+    handle = brokers.mosquitto(tmp_path / "mosquitto", tls=brokers.project_tls(tmp_path))
+    yield handle
+    handle.stop()
+
+
 @pytest.fixture(scope="session")
 def shared_dir() -> Path:
     """../shared beside the repository: the reference models and the full footage."""

@@ -11,9 +11,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from cryptography import x509
-
 from . import pki
+from .broker_tls import ensure_broker_tls
 from .mosquitto_files import (
     Account,
     Listener,
@@ -55,13 +54,14 @@ def _read_env(path: Path) -> dict[str, str]:
     return values
 
 
-def _hosts_of(cert_file: Path) -> set[str]:
-    cert = x509.load_pem_x509_certificate(cert_file.read_bytes())
-    try:
-        names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except x509.ExtensionNotFound:
-        return set()
-    return {str(v) for v in names.get_values_for_type(x509.IPAddress)} | set(names.get_values_for_type(x509.DNSName))
+def _ca_lines(ca_file: Path, tls_port: int, local_port: int | None) -> list[str]:
+    """The server connects with TLS when POLEWATCH_MQTT_CA_FILE is set, so with a plain loopback
+    listener (what a server on the broker's host uses) the line is left commented out: TLS spoken to
+    the plain port would fail."""
+    line = f"POLEWATCH_MQTT_CA_FILE={ca_file}"
+    if local_port is None:
+        return [line]
+    return [f"# A server on another host connects to port {tls_port} with TLS; it then needs:", f"# {line}"]
 
 
 def broker_setup(
@@ -79,18 +79,8 @@ def broker_setup(
     directory = directory.resolve()
     directory.mkdir(parents=True, exist_ok=True)
     plugin = plugin or find_dynsec_plugin()
-    ca_file, ca_key = directory / "ca.crt", directory / "ca.key"
-    if ca_file.is_file() and ca_key.is_file():
-        ca = pki.CertificateAuthority.load(ca_file, ca_key)
-    else:
-        ca = pki.make_ca()
-        pki.write_certificate(ca_file, ca.certificate)
-        pki.write_private_key(ca_key, ca.key)
-    cert_file, key_file = directory / "broker.crt", directory / "broker.key"
-    if not cert_file.is_file() or not key_file.is_file() or _hosts_of(cert_file) != set(hosts):
-        cert, key = pki.broker_certificate(ca, hosts)
-        pki.write_certificate(cert_file, cert)
-        pki.write_private_key(key_file, key)
+    tls = ensure_broker_tls(directory, hosts)
+    ca_file, cert_file, key_file, ca_key = tls.ca_file, tls.cert_file, tls.key_file, tls.ca_key_file
 
     env_file = directory / "fleet-server.env"
     env = _read_env(env_file)
@@ -113,6 +103,7 @@ def broker_setup(
         # password listener keeps the plugin's password check and client-id binding for the others.
         listeners.append(Listener(cert_port, "0.0.0.0", tls=True, certificate_identity=True))
     if (cert_port is not None or require_certificate) and not crl_file.is_file():
+        ca = pki.CertificateAuthority.load(ca_file, ca_key)
         pki.write_revocation_list(crl_file, ca, [])  # Mosquitto refuses to start on a missing crlfile
     uses_crl = crl_file.is_file() and (cert_port is not None or require_certificate)
     if local_port is not None:
@@ -140,7 +131,7 @@ def broker_setup(
                 f"POLEWATCH_MQTT_PASSWORD={server.password}",
                 f"POLEWATCH_DYNSEC_USERNAME={admin.username}",
                 f"POLEWATCH_DYNSEC_PASSWORD={admin.password}",
-                f"POLEWATCH_MQTT_CA_FILE={ca_file}",
+                *_ca_lines(ca_file, tls_port, local_port),
                 f"POLEWATCH_ENROLMENT_CA_FILE={ca_file}",
                 f"POLEWATCH_ENROLMENT_CA_KEY_FILE={ca_key}",
                 *([f"POLEWATCH_ENROLMENT_BROKER_CERT_PORT={cert_port}"] if cert_port is not None else []),

@@ -91,8 +91,8 @@ class Stack:
 
 
 @pytest.fixture
-def stack(mosquitto_broker: BrokerProcess, tmp_path: Path) -> Iterator[Stack]:
-    s = Stack(mosquitto_broker, tmp_path)
+def stack(tls_mosquitto_broker: BrokerProcess, tmp_path: Path) -> Iterator[Stack]:
+    s = Stack(tls_mosquitto_broker, tmp_path)
     try:
         yield s
     finally:

@@ -18,7 +18,8 @@ def _accepted(log: Path) -> list[dict[str, object]]:
     return [r for r in log_records(log) if r.get("message") == "detection accepted"]
 
 
-def test_no_event_is_lost_when_the_broker_is_killed(broker: BrokerProcess, tmp_path: Path) -> None:
+def test_no_event_is_lost_when_the_broker_is_killed(tls_broker: BrokerProcess, tmp_path: Path) -> None:
+    broker = tls_broker
     server, base, db, token = start_server(broker, tmp_path / "server")
     agent = start_agent(broker, tmp_path / "agent", fps=8, log_level="DEBUG")
     log = tmp_path / "agent" / "pole-a.log"

@@ -28,14 +28,14 @@ def _post(url: str, token: str, body: dict[str, Any]) -> Any:
 
 
 def test_a_document_is_applied_and_a_refused_one_shows_its_reason(
-    mosquitto_broker: BrokerProcess, tmp_path: Path
+    tls_mosquitto_broker: BrokerProcess, tmp_path: Path
 ) -> None:
-    server, base, db, viewer = start_server(mosquitto_broker, tmp_path / "server")
+    server, base, db, viewer = start_server(tls_mosquitto_broker, tmp_path / "server")
     ops = subprocess.run(
         [*PYTHON, "server", "token", "add", "e2e-ops", "--role", "ops", "--database-url", f"sqlite:///{db}"],
         capture_output=True, text=True, check=True,
     ).stdout.strip()  # fmt: skip
-    agent = start_agent(mosquitto_broker, tmp_path / "agent", health_s=2)
+    agent = start_agent(tls_mosquitto_broker, tmp_path / "agent", health_s=2)
     state = f"{base}/api/config/devices/pole-a"
     try:
         wait_until(lambda: http_json(f"{base}/api/devices/pole-a", viewer), 60, "pole-a heard from", [server, agent])

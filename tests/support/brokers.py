@@ -38,6 +38,7 @@ class BrokerProcess:
     users: dict[str, str] = field(default_factory=lambda: dict(USERS))
     host: str = "127.0.0.1"
     proc: subprocess.Popen[bytes] | None = None
+    ca_file: Path | None = None  # set when the one listener speaks TLS: the CA clients verify it with
 
     def start(self) -> None:
         log = (self.workdir / f"{self.kind}.log").open("ab")
@@ -84,6 +85,15 @@ class BrokerTls:
     require_certificate: bool = False
 
 
+def project_tls(workdir: Path) -> BrokerTls:
+    """A CA and a certificate for a broker on 127.0.0.1, made by the project's own code (what
+    `broker-setup` and the demo use). Needs the server package: for the e2e and chaos tests."""
+    from polewatch.fleet_server.broker_access.broker_tls import ensure_broker_tls
+
+    files = ensure_broker_tls(workdir / "broker-tls", ["127.0.0.1", "localhost"])
+    return BrokerTls(files.ca_file, files.cert_file, files.key_file)
+
+
 def mosquitto(workdir: Path, *, persistence: bool = True, tls: BrokerTls | None = None) -> BrokerProcess:
     """Mosquitto with the accounts in USERS; `persistence=False` forgets every session when restarted."""
     binary = require_binary(
@@ -128,12 +138,15 @@ def mosquitto(workdir: Path, *, persistence: bool = True, tls: BrokerTls | None 
             ]
         )
     )
-    broker = BrokerProcess(kind="mosquitto", workdir=workdir, port=port, command=[binary, "-c", str(conf)])
+    broker = BrokerProcess(
+        kind="mosquitto", workdir=workdir, port=port, command=[binary, "-c", str(conf)],
+        ca_file=tls.ca_file if tls else None,
+    )  # fmt: skip
     broker.start()
     return broker
 
 
-def embedded(workdir: Path) -> BrokerProcess:
+def embedded(workdir: Path, *, tls: BrokerTls | None = None) -> BrokerProcess:
     from polewatch.embedded_broker import write_password_file
 
     workdir.mkdir(parents=True, exist_ok=True)
@@ -149,18 +162,23 @@ def embedded(workdir: Path) -> BrokerProcess:
         "--password-file",
         str(password_file),
     ]
-    broker = BrokerProcess(kind="amqtt", workdir=workdir, port=port, command=command)
+    if tls is not None:
+        command += ["--tls-cert-file", str(tls.cert_file), "--tls-key-file", str(tls.key_file),
+                    "--tls-ca-file", str(tls.ca_file)]  # fmt: skip
+    broker = BrokerProcess(
+        kind="amqtt", workdir=workdir, port=port, command=command, ca_file=tls.ca_file if tls else None
+    )
     broker.start()
     # amqtt accepts TCP a moment before it answers CONNECT; give it that moment.
     time.sleep(0.3)
     return broker
 
 
-def start(kind: str, workdir: Path) -> BrokerProcess:
+def start(kind: str, workdir: Path, *, tls: BrokerTls | None = None) -> BrokerProcess:
     if kind == "mosquitto":
-        return mosquitto(workdir)
+        return mosquitto(workdir, tls=tls)
     if kind == "amqtt":
-        return embedded(workdir)
+        return embedded(workdir, tls=tls)
     raise ValueError(f"unknown broker kind {kind!r}")
 
 

@@ -1,4 +1,7 @@
-"""Start the real server and real agents as child processes, the way the demo and a pole run them."""
+"""Start the real server and real agents as child processes, the way the demo and a pole run them.
+
+Both verify the broker with TLS when the broker has a TLS listener (BrokerProcess.ca_file), as in
+production; the e2e and chaos tests start theirs that way (the tls_broker fixtures in conftest)."""
 
 from __future__ import annotations
 
@@ -36,7 +39,7 @@ def start_server(broker: BrokerProcess, workdir: Path) -> tuple[Child, str, Path
         "server",
         [*PYTHON, "server", "run", "--database-url", f"sqlite:///{db}", "--mqtt-host", broker.host,
          "--mqtt-port", str(broker.port), "--mqtt-username", "fleet-server", "--http-host", "127.0.0.1",
-         "--http-port", str(port)],
+         "--http-port", str(port), *(["--mqtt-ca-file", str(broker.ca_file)] if broker.ca_file else [])],
         workdir / "server.log",
         env={"POLEWATCH_MQTT_PASSWORD": USERS["fleet-server"]},
     )
@@ -64,6 +67,8 @@ def start_agent(
         "health_interval_s": health_s,
         "log_level": log_level,
     }
+    if broker.ca_file is not None:
+        config["mqtt"]["tls"] = {"ca_file": str(broker.ca_file)}
     if outbox is not None:
         config["outbox"] = outbox
     path = workdir / f"{device}.yaml"
