@@ -27,6 +27,8 @@ from . import (
     alerts_stream,
     api,
     config_api,
+    credential_rotation,
+    credential_rotation_api,
     delivery,
     enrolment_api,
     errors,
@@ -51,7 +53,7 @@ SHUTDOWN_GRACE_S = 5
 # Every router of the app; the access-rule check and the role-matrix test read their routes here.
 ROUTERS = (
     api.router, delivery.router, stream.router, people_api.router, registry_api.router, enrolment_api.router,
-    config_api.router, api.health_router,
+    config_api.router, credential_rotation_api.router, api.health_router,
     alerts_stream.router,  # before alerts_api: /api/alerts/stream is not an /api/alerts/{alert_id}
     alerts_api.router,
 )  # fmt: skip
@@ -86,10 +88,19 @@ def create_app(settings: Settings | None = None, *, run_ingest: bool = True, mig
         )
         task = asyncio.create_task(ingest.run(), name="mqtt-ingest") if run_ingest else None
         deliveries = asyncio.create_task(dispatcher.run(), name="alert-deliveries")
+        # Rotations need the broker's admin: without it none can start, so none needs settling.
+        rotations = (
+            asyncio.create_task(credential_rotation.run(services), name="credential-rotations")
+            if settings.dynsec_password is not None else None
+        )  # fmt: skip
         try:
             yield
         finally:
             feed.close()
+            if rotations is not None:
+                rotations.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await rotations
             deliveries.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await deliveries

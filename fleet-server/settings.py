@@ -98,6 +98,21 @@ class Settings(BaseModel):
         "client certificate instead of a password.",
     )  # fmt: skip
     enrolment_per_minute_per_client: int = Field(default=10, ge=1, description="Enrolment attempts per address.")
+    # Credential rotation (credential_rotation.py).
+    rotation_lifetime_hours: float = Field(
+        default=24 * 7, gt=0, le=24 * 90,
+        description="How long a box has to take a new credential; after that the rotation expires, the new "
+        "credential is withdrawn and the old one stays.",
+    )  # fmt: skip
+    rotation_check_s: float = Field(default=5.0, gt=0, description="How often rotations' acks are looked for.")
+    broker_crl_file: str | None = Field(
+        default=None, description="The broker's crl.pem (on a shared path): a rotated box's old certificate is "
+        "listed there once the box acks its new one. Without it, the server says which serial to list.",
+    )  # fmt: skip
+    broker_reload_command: str | None = Field(
+        default=None, description="Run after the CRL changed, so the broker re-reads it (e.g. "
+        "'systemctl reload mosquitto').",
+    )  # fmt: skip
 
     def mqtt_password_value(self) -> str | None:
         return self.mqtt_password.get_secret_value() if self.mqtt_password is not None else None

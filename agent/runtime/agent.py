@@ -22,6 +22,7 @@ from ..inference.detector import Detector, load_detector
 from ..inference.snapshot import redact
 from ..remote_config import ConfigRefused, RemoteConfigStore, effective_config
 from ..snapshot import write_snapshot
+from ..uplink.credentials import CredentialRotator, effective_mqtt
 from ..uplink.downlink import CommandRefused, Downlink
 from ..uplink.outbox import Outbox
 from ..uplink.session import Uplink
@@ -59,13 +60,14 @@ class Agent(_CameraLoops, _HealthReporting):
         self.snapshots_accepted = 0
         self.snapshots_dropped = 0
         self.uplink = Uplink(
-            config.mqtt,
+            effective_mqtt(config),
             self.outbox,
             device_id=config.device_id,
             agent_version=__version__,
             replay_rate=config.outbox.replay_rate,
             on_down=self.downlink.submit,
         )
+        self.downlink.credentials = CredentialRotator(config, self.uplink)
         self.health = HealthProbe(__version__, config.state_dir)
         self.clock = ClockWatch()
         self.detect_rate = RateMeter()

@@ -73,6 +73,10 @@ async def _first_failure(*coroutines: Coroutine[Any, Any, None]) -> None:
     raise aiomqtt.MqttError("the MQTT session ended")
 
 
+class _Switching(Exception):
+    """Ends the session on purpose: reconnect at once with the credential waiting in `switch`."""
+
+
 class TokenBucket:
     """Paces the replay: on average `rate` messages per second, at most `burst` at once."""
 
@@ -130,6 +134,9 @@ class Uplink:
         self._wake = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._client: aiomqtt.Client | None = None
+        # A credential to try (rotation) and who waits for the outcome: None once in, else the reason.
+        self._switch: tuple[MqttConfig, asyncio.Future[str | None]] | None = None
+        self._switch_now = asyncio.Event()
 
     def notify(self) -> None:
         """Tell the drain loop that the outbox has something new (the outbox also says so itself)."""
@@ -147,8 +154,21 @@ class Uplink:
                         reason=reason)
         return encode(self.outbox.stamp(body))
 
-    def _client_for_session(self, will_payload: bytes) -> aiomqtt.Client:
-        cfg = self.config
+    async def switch(self, candidate: MqttConfig) -> str | None:
+        """Reconnect with another credential (credentials.py): None once the broker let it in and it
+        is the session's credential from now on; else the broker's reason, and the session is back on
+        the old one. The old connection is closed cleanly first (no offline will), and what was in
+        flight stays in the outbox and is sent again on the next connection."""
+        future: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
+        self._switch = (candidate, future)
+        self._switch_now.set()
+        return await future
+
+    async def _until_switch(self) -> None:
+        await self._switch_now.wait()
+        raise _Switching
+
+    def _client_for_session(self, will_payload: bytes, cfg: MqttConfig) -> aiomqtt.Client:
         tls_context = None
         if cfg.tls is not None:
             tls_context = ssl.create_default_context(cafile=str(cfg.tls.ca_file))
@@ -187,17 +207,25 @@ class Uplink:
         will_payload: bytes | None = None
         while True:
             delay = 0.0
+            self._switch_now.clear()
+            switching = self._switch
+            config = switching[0] if switching is not None else self.config
             try:
                 # One will per session: failed attempts never publish it, so they reuse it (no new
                 # sequence number, no disk write, per attempt during a long outage).
                 if will_payload is None:
                     will_payload = await asyncio.to_thread(self._presence, "offline", "connection lost")
-                async with self._client_for_session(will_payload) as client:
+                async with self._client_for_session(will_payload, config) as client:
                     will_payload = None
+                    if switching is not None:
+                        self.config, self._switch = config, None
+                        switching[1].set_result(None)
+                        switching = None
+                        log.info("connected with the new credential")
                     self._client = client
                     self.connected = True
                     attempt = 0
-                    log.info("connected to broker", extra={"broker": f"{self.config.host}:{self.config.port}"})
+                    log.info("connected to broker", extra={"broker": f"{config.host}:{config.port}"})
                     await client.publish(
                         topics.up(self.device_id, "presence"),
                         await asyncio.to_thread(self._presence, "online", "connected"),
@@ -211,12 +239,19 @@ class Uplink:
                     await client.subscribe(topics.device_down_filter(self.device_id), qos=1)
                     self.subscriptions += 1
                     try:
-                        await _first_failure(self._drain(client), self._listen(client))
+                        await _first_failure(self._drain(client), self._listen(client), self._until_switch())
                     finally:
                         # Disconnected as soon as the session failed, not only once the client's own
                         # teardown (which may wait for its timeout) is over: health says so at once.
                         self.connected = False
+            except _Switching:
+                log.info("reconnecting with a new credential")
             except aiomqtt.MqttError as exc:
+                if switching is not None:  # the new credential was refused: straight back to the old one
+                    self._switch = None
+                    switching[1].set_result(_tls_problem(exc) or str(exc) or type(exc).__name__)
+                    log.error("the broker refused the new credential; back on the old one", extra={"error": str(exc)})
+                    continue
                 delay = random.uniform(0, delays[min(attempt, len(delays) - 1)])
                 tls_problem = _tls_problem(exc) if self.config.tls is not None else None
                 if tls_problem is not None:
