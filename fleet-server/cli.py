@@ -283,6 +283,43 @@ def revoke_certificate_command(
                "(systemctl reload mosquitto, or kill -HUP its pid)")  # fmt: skip
 
 
+@app.command("rotate-credentials")
+def rotate_credentials_command(
+    device: Annotated[str, typer.Argument(help="The device id (box-...).")],
+    server: Annotated[
+        str, typer.Option(envvar="POLEWATCH_SERVER_URL", help="The fleet server's URL.")
+    ] = "http://127.0.0.1:8080",
+    token: Annotated[
+        str, typer.Option(envvar="POLEWATCH_TOKEN", help="An ops or admin API token (polewatch server token add).")
+    ] = "",
+) -> None:
+    """Rotate a box's broker credential through the running server (which holds the broker's admin account
+    and the CA): the box gets a new password (sealed to its key) or certificate, and the old one is retired
+    only once the box acks from the new one. Follow it with GET /api/devices/DEVICE/credentials."""
+    import httpx
+
+    if not token:
+        typer.echo("rotate-credentials: give an ops token with --token or POLEWATCH_TOKEN", err=True)
+        raise typer.Exit(2)
+    url = f"{server.rstrip('/')}/api/devices/{device}/credentials/rotate"
+    try:
+        response = httpx.post(url, headers={"Authorization": f"Bearer {token}"}, timeout=60)
+    except httpx.HTTPError as exc:
+        typer.echo(f"rotate-credentials: cannot reach {server}: {exc}", err=True)
+        raise typer.Exit(1) from None
+    body = response.json() if response.headers.get("content-type", "").startswith("application/json") else {}
+    if response.status_code != 202:
+        typer.echo(f"rotate-credentials: {device}: {body.get('detail') or response.text} "
+                   f"(HTTP {response.status_code})", err=True)  # fmt: skip
+        raise typer.Exit(1)
+    new = body.get("new_login") or f"certificate {body.get('new_serial')}"
+    typer.echo(
+        f"{device}: {body['kind']} rotation {body['id']} pending (command {body['command_id']}); new credential: "
+        f"{new}. The old one keeps working until the box acks from the new one, at the latest until "
+        f"{body['expires_at']}."
+    )
+
+
 user_app = typer.Typer(help="People who sign in to the console and the API.", no_args_is_help=True)
 token_app = typer.Typer(help="API tokens for machines and scripts.", no_args_is_help=True)
 app.add_typer(user_app, name="user")
