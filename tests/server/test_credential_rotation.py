@@ -9,6 +9,7 @@ import asyncio
 import base64
 import contextlib
 import json
+import ssl
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import Any
 import aiomqtt
 import httpx
 import pytest
+from cryptography import x509
 import sqlalchemy as sa
 from pydantic import BaseModel, SecretStr
 from typer.testing import CliRunner
@@ -288,3 +290,83 @@ async def test_a_tampered_or_refused_login_leaves_the_box_on_its_working_one(
             assert not login_file(config).exists() and not list(config.state_dir.glob("identity/*.next"))
             await asyncio.sleep(0.2)
         await all_stored(database, box)
+
+
+async def handshake_refusal(broker: SecureBroker, cert_file: Path, key_file: Path) -> str | None:
+    """The broker's TLS alert when this certificate is offered on the certificate listener, or None if
+    it lets the handshake through (it then waits for our CONNECT). Under TLS 1.3 the client learns of a
+    refused certificate only at its first read, hence the read."""
+    context = broker.tls_context(cert_file, key_file)
+    try:
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_connection("127.0.0.1", broker.cert_port, ssl=context), 5
+        )
+    except ssl.SSLError as exc:
+        return str(exc)
+    try:
+        await asyncio.wait_for(reader.read(1), 1)
+    except ssl.SSLError as exc:
+        return str(exc)
+    except TimeoutError:
+        return None
+    finally:
+        writer.close()
+        with contextlib.suppress(ssl.SSLError, OSError):
+            await writer.wait_closed()
+    return None
+
+
+async def certificate_connects(broker: SecureBroker, device_id: str, cert_file: Path, key_file: Path) -> bool:
+    """A full MQTT login on the certificate listener with this certificate (its own client id)."""
+    try:
+        async with aiomqtt.Client("127.0.0.1", broker.cert_port, identifier=device_id, clean_session=False,
+                                  tls_context=broker.tls_context(cert_file, key_file), timeout=5):  # fmt: skip
+            return True
+    except aiomqtt.MqttError:
+        return False
+
+
+async def test_a_certificate_box_rotates_its_certificate_and_the_old_one_is_revoked(
+    secure: SecureBroker, database: str, tmp_path: Path
+) -> None:
+    async with fleet(secure, database, certificates=True) as client:
+        config = await enrol(client, tmp_path / "box")
+        device_id = config.device_id
+        tls = config.mqtt.tls
+        assert tls is not None and tls.cert_file is not None and tls.key_file is not None
+        assert config.mqtt.port == secure.cert_port and config.mqtt.username is None
+        old_cert = tmp_path / "old.crt"
+        old_cert.write_bytes(tls.cert_file.read_bytes())
+        before = (await client.get(f"api/devices/{device_id}/credentials")).json()
+        assert before["kind"] == "certificate" and before["rotatable"] and before["certificate_serial"]
+        assert await handshake_refusal(secure, old_cert, tls.key_file) is None  # works before
+        async with running(config) as box:
+            await asyncio.sleep(0.3)  # messages before the switch...
+            response = await client.post(f"api/devices/{device_id}/credentials/rotate")
+            assert response.status_code == 202, response.text
+            pending = response.json()
+            assert pending["kind"] == "certificate" and pending["new_login"] is None
+            assert pending["old_serial"] == before["certificate_serial"] != pending["new_serial"]
+            done = await rotation_state(client, device_id, "completed")
+            assert done["reason"] is None, done["reason"]  # listed on the CRL and the broker reloaded
+            assert box.uplink.config.tls is not None and box.uplink.config.tls.cert_file == tls.cert_file
+            assert not list(tls.cert_file.parent.glob("*.next"))
+            on_disk = x509.load_pem_x509_certificate(tls.cert_file.read_bytes())
+            assert format(on_disk.serial_number, "x") == pending["new_serial"]
+            revoked = x509.load_pem_x509_crl(Path(secure.files.crl_file).read_bytes())
+            assert revoked.get_revoked_certificate_by_serial_number(int(pending["old_serial"], 16)) is not None
+            await asyncio.sleep(0.3)  # ...and after it
+            await wait_for(lambda: box.uplink.connected, 5, "connected with the new certificate")
+            # The broker re-read the CRL: the old certificate is refused at the handshake, the new one is not.
+            refusal = None
+            for _ in range(10):  # SIGHUP is handled on the broker's next loop: wait for it, not a fixed time
+                refusal = await handshake_refusal(secure, old_cert, tls.key_file)
+                if refusal is not None:
+                    break
+            assert refusal is not None and "CERTIFICATE_REVOKED" in refusal, refusal
+            assert await handshake_refusal(secure, tls.cert_file, tls.key_file) is None
+        await all_stored(database, box)
+        assert len(box.accepted) > 10
+        assert await certificate_connects(secure, device_id, tls.cert_file, tls.key_file)  # what a restart uses
+        credentials = (await client.get(f"api/devices/{device_id}/credentials")).json()
+        assert credentials["certificate_serial"] == pending["new_serial"] and credentials["kind"] == "certificate"
