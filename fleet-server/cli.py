@@ -132,6 +132,27 @@ def run(
             help="The broker's certificate listener: boxes then log in with their client certificate.",
         ),
     ] = None,
+    broker_crl_file: Annotated[
+        str | None,
+        typer.Option(
+            envvar="POLEWATCH_BROKER_CRL_FILE",
+            help="The broker's crl.pem: a rotated box's old certificate is listed there once it acks the new one.",
+        ),
+    ] = None,
+    broker_reload_command: Annotated[
+        str | None,
+        typer.Option(
+            envvar="POLEWATCH_BROKER_RELOAD_COMMAND",
+            help="Run after the CRL changed so the broker re-reads it, e.g. 'systemctl reload mosquitto'.",
+        ),
+    ] = None,
+    rotation_lifetime_hours: Annotated[
+        float,
+        typer.Option(
+            envvar="POLEWATCH_ROTATION_LIFETIME_HOURS",
+            help="How long a box has to take a new credential before the rotation expires (it keeps the old).",
+        ),
+    ] = _DEFAULTS.rotation_lifetime_hours,
 ) -> None:
     """Serve the REST API and the console, and ingest MQTT, until Ctrl-C or SIGTERM."""
     from pydantic import SecretStr, ValidationError
@@ -163,6 +184,9 @@ def run(
             enrolment_ca_key_file=enrolment_ca_key_file,
             enrolment_broker_cert_port=enrolment_broker_cert_port,
             enrolment_public_url=enrolment_public_url,
+            broker_crl_file=broker_crl_file,
+            broker_reload_command=broker_reload_command,
+            rotation_lifetime_hours=rotation_lifetime_hours,
         )
     except ValidationError as exc:
         typer.echo(f"invalid settings:\n{exc}", err=True)
