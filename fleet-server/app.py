@@ -27,6 +27,8 @@ from . import (
     alerts_stream,
     api,
     config_api,
+    credential_rotation,
+    credential_rotation_api,
     delivery,
     enrolment_api,
     errors,
@@ -55,7 +57,8 @@ SHUTDOWN_GRACE_S = 5
 # Every router of the app; the access-rule check and the role-matrix test read their routes here.
 ROUTERS = (
     api.router, delivery.router, stream.router, people_api.router, registry_api.router, enrolment_api.router,
-    config_api.router, fleet_move_api.router, api.health_router, health_history_api.router,
+    config_api.router, fleet_move_api.router, credential_rotation_api.router, api.health_router,
+    health_history_api.router,
     alerts_stream.router,  # before alerts_api: /api/alerts/stream is not an /api/alerts/{alert_id}
     alerts_api.router,
 )  # fmt: skip
@@ -97,6 +100,9 @@ def create_app(settings: Settings | None = None, *, run_ingest: bool = True, mig
                 sessions, settings.health_policy(), settings.health_compact_interval_s, settings.mqtt_client_id
             )
             background.append(asyncio.create_task(compactor.run(), name="health-compaction"))
+        # Rotations need the broker's admin: without it none can start, so none needs settling.
+        if settings.dynsec_password is not None:
+            background.append(asyncio.create_task(credential_rotation.run(services), name="credential-rotations"))
         try:
             yield
         finally:

@@ -162,6 +162,27 @@ def run(
             help="The broker's certificate listener: boxes then log in with their client certificate.",
         ),
     ] = None,
+    broker_crl_file: Annotated[
+        str | None,
+        typer.Option(
+            envvar="POLEWATCH_BROKER_CRL_FILE",
+            help="The broker's crl.pem: a rotated box's old certificate is listed there once it acks the new one.",
+        ),
+    ] = None,
+    broker_reload_command: Annotated[
+        str | None,
+        typer.Option(
+            envvar="POLEWATCH_BROKER_RELOAD_COMMAND",
+            help="Run after the CRL changed so the broker re-reads it, e.g. 'systemctl reload mosquitto'.",
+        ),
+    ] = None,
+    rotation_lifetime_hours: Annotated[
+        float,
+        typer.Option(
+            envvar="POLEWATCH_ROTATION_LIFETIME_HOURS",
+            help="How long a box has to take a new credential before the rotation expires (it keeps the old).",
+        ),
+    ] = _DEFAULTS.rotation_lifetime_hours,
 ) -> None:
     """Serve the REST API and the console, and ingest MQTT, until Ctrl-C or SIGTERM."""
     from pydantic import SecretStr, ValidationError
@@ -197,6 +218,9 @@ def run(
             enrolment_ca_key_file=enrolment_ca_key_file,
             enrolment_broker_cert_port=enrolment_broker_cert_port,
             enrolment_public_url=enrolment_public_url,
+            broker_crl_file=broker_crl_file,
+            broker_reload_command=broker_reload_command,
+            rotation_lifetime_hours=rotation_lifetime_hours,
         )
     except ValidationError as exc:
         typer.echo(f"invalid settings:\n{exc}", err=True)
@@ -487,6 +511,43 @@ def move_fleet_command(
         typer.echo(f"move-fleet: not published ({error}); the move is recorded: issue it again when the broker "
                    "is back", err=True)  # fmt: skip
         raise typer.Exit(1)
+
+
+@app.command("rotate-credentials")
+def rotate_credentials_command(
+    device: Annotated[str, typer.Argument(help="The device id (box-...).")],
+    server: Annotated[
+        str, typer.Option(envvar="POLEWATCH_SERVER_URL", help="The fleet server's URL.")
+    ] = "http://127.0.0.1:8080",
+    token: Annotated[
+        str, typer.Option(envvar="POLEWATCH_TOKEN", help="An ops or admin API token (polewatch server token add).")
+    ] = "",
+) -> None:
+    """Rotate a box's broker credential through the running server (which holds the broker's admin account
+    and the CA): the box gets a new password (sealed to its key) or certificate, and the old one is retired
+    only once the box acks from the new one. Follow it with GET /api/devices/DEVICE/credentials."""
+    import httpx
+
+    if not token:
+        typer.echo("rotate-credentials: give an ops token with --token or POLEWATCH_TOKEN", err=True)
+        raise typer.Exit(2)
+    url = f"{server.rstrip('/')}/api/devices/{device}/credentials/rotate"
+    try:
+        response = httpx.post(url, headers={"Authorization": f"Bearer {token}"}, timeout=60)
+    except httpx.HTTPError as exc:
+        typer.echo(f"rotate-credentials: cannot reach {server}: {exc}", err=True)
+        raise typer.Exit(1) from None
+    body = response.json() if response.headers.get("content-type", "").startswith("application/json") else {}
+    if response.status_code != 202:
+        typer.echo(f"rotate-credentials: {device}: {body.get('detail') or response.text} "
+                   f"(HTTP {response.status_code})", err=True)  # fmt: skip
+        raise typer.Exit(1)
+    new = body.get("new_login") or f"certificate {body.get('new_serial')}"
+    typer.echo(
+        f"{device}: {body['kind']} rotation {body['id']} pending (command {body['command_id']}); new credential: "
+        f"{new}. The old one keeps working until the box acks from the new one, at the latest until "
+        f"{body['expires_at']}."
+    )
 
 
 user_app = typer.Typer(help="People who sign in to the console and the API.", no_args_is_help=True)

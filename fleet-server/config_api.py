@@ -428,6 +428,13 @@ def publish_pending(svc: ServicesDep) -> list[DeviceConfigOut]:
 
 # --- commands ------------------------------------------------------------------------------------
 
+# Commands that only make sense with the server's own bookkeeping around them: sent through this
+# generic route they would give the box a credential the server never made (or never retires).
+OWN_ROUTE = {
+    "rotate_credentials": "POST /api/devices/{device_id}/credentials/rotate (the server makes the new credential, "
+    "seals it to the box and retires the old one once the box acks)",
+}
+
 
 @router.post(
     "/devices/{device_id}/commands", tags=["commands"], dependencies=rule(Permission.COMMANDS_SEND),
@@ -436,10 +443,13 @@ def publish_pending(svc: ServicesDep) -> list[DeviceConfigOut]:
 def send_command(
     device_id: Annotated[str, Path(pattern=DEVICE_ID_PATTERN)], body: CommandIn, request: Request, svc: ServicesDep
 ) -> CommandOut:
+    if body.name in OWN_ROUTE:
+        raise HTTPException(status_code=422, detail=f"name: {body.name} is not sent through this route; use "
+                            f"{OWN_ROUTE[body.name].format(device_id=device_id)}")  # fmt: skip
     model = COMMAND_ARGS.get(body.name)
     if model is None:
         raise HTTPException(status_code=422, detail=f"name: unknown command {body.name[:64]!r}; known: "
-                            f"{', '.join(COMMAND_ARGS)}")  # fmt: skip
+                            f"{', '.join(n for n in COMMAND_ARGS if n not in OWN_ROUTE)}")  # fmt: skip
     try:
         args = model.model_validate(body.args).model_dump(mode="json", exclude_unset=True)
     except ValidationError as exc:

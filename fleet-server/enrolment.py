@@ -26,7 +26,7 @@ from polewatch.protocol.enrolment import BoxFacts, new_enrolment_code
 
 from . import audit, registry
 from .audit import Actor
-from .models import EnrolmentCode, HealthSample, RegisteredDevice
+from .models import CredentialRotation, EnrolmentCode, HealthSample, RegisteredDevice
 from .pagination import split
 from .registry import RegistryError
 
@@ -162,7 +162,7 @@ def plan(session: Session, code: str, fingerprint: str) -> Plan:
 
 def claim(
     session: Session, plan: Plan, fingerprint: str, box: BoxFacts, cameras: list[str], client: str | None,
-    certificate_serial: str | None = None,
+    certificate_serial: str | None = None, public_key_pem: str | None = None, credential_kind: str = "password",
 ) -> datetime:  # fmt: skip
     """Mark the code used by this box and register (or re-point) the device; returns enrolled_at."""
     now = _now()
@@ -188,6 +188,15 @@ def claim(
         if device.pole_id != plan.pole_id:
             registry.move_device(session, actor, plan.device_id, plan.pole_id)
         registry.update_device(session, actor, plan.device_id, {"agent_version": box.agent_version})
+    # What rotating this box's credential needs (credential_rotation.py); enrolling again starts afresh.
+    device = registry.get_device(session, plan.device_id)
+    device.box_public_key, device.credential_kind = public_key_pem, credential_kind
+    device.broker_login, device.certificate_serial = plan.device_id, certificate_serial
+    session.execute(
+        update(CredentialRotation).where(CredentialRotation.device_id == plan.device_id,
+                                         CredentialRotation.state == "pending")
+        .values(state="expired", finished_at=now, reason="the box enrolled again, with a new credential")
+    )  # fmt: skip
     audit.record(
         session, actor, "device.enrol", "device", plan.device_id,
         after={"pole_id": plan.pole_id, "code_id": plan.code_id, "reissued": not plan.new_device,

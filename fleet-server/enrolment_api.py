@@ -234,6 +234,12 @@ def _fingerprint(csr: x509.CertificateSigningRequest) -> str:
     return hashlib.sha256(der).hexdigest()
 
 
+def _public_key_pem(csr: x509.CertificateSigningRequest) -> str:
+    """Kept for rotation: a new password is sealed to it, a new certificate signed for it."""
+    pem = csr.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return pem.decode()
+
+
 def _read_text(path: str | None) -> str | None:
     return Path(path).read_text() if path else None
 
@@ -293,7 +299,8 @@ async def enrol(body: EnrolmentRequest, request: Request, svc: ServicesDep) -> E
         with svc.sessions.begin() as session:
             return enrolment.claim(
                 session, plan, fingerprint, body.box, [c.camera_id for c in body.cameras], client,
-                certificate_serial=_serial_of(certificate),
+                certificate_serial=_serial_of(certificate), public_key_pem=_public_key_pem(csr),
+                credential_kind="certificate" if certificate and settings.enrolment_broker_cert_port else "password",
             )  # fmt: skip
 
     try:

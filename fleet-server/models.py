@@ -24,6 +24,7 @@ from sqlalchemy import (
     LargeBinary,
     MetaData,
     String,
+    Text,
     TypeDecorator,
     UniqueConstraint,
 )
@@ -539,6 +540,12 @@ class RegisteredDevice(Base):
     box_fingerprint: Mapped[str | None] = mapped_column(String(64), unique=True, default=None)
     registered_at: Mapped[datetime] = mapped_column(UtcDateTime())
     revoked_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), default=None)
+    # Known from enrolment (migration 0060); boxes enrolled before it have none and must enrol again
+    # before their credentials can be rotated (a password is sealed to this key, a certificate signed for it).
+    box_public_key: Mapped[str | None] = mapped_column(Text(), default=None, doc="PEM SubjectPublicKeyInfo.")
+    credential_kind: Mapped[str | None] = mapped_column(String(16), default=None, doc="password | certificate")
+    broker_login: Mapped[str | None] = mapped_column(String(120), default=None, doc="Its broker username now.")
+    certificate_serial: Mapped[str | None] = mapped_column(String(40), default=None, doc="Hex, of the one in use.")
 
 
 class PoleHistoryEntry(Base):
@@ -742,3 +749,29 @@ class AlertSnapshot(Base):
     frame_time: Mapped[datetime] = mapped_column(UtcDateTime())
     sent_at: Mapped[datetime] = mapped_column(UtcDateTime())
     received_at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
+class CredentialRotation(Base):
+    """One rotation of a box's broker credential: pending until the box acks from the new one.
+
+    The old credential stays valid while pending (a box offline during the rotation is not locked out);
+    completed means the old login was deleted or the old certificate listed on the CRL; failed and
+    expired mean the new one was withdrawn and the old one is still the box's."""
+
+    __tablename__ = "credential_rotations"
+    __table_args__ = (Index("ix_credential_rotations_device_id_id", "device_id", "id"), {"sqlite_autoincrement": True})
+
+    id: Mapped[int] = mapped_column(RowId, primary_key=True, autoincrement=True)
+    device_id: Mapped[str] = mapped_column(String(64), ForeignKey("registry_devices.device_id"))
+    kind: Mapped[str] = mapped_column(String(16), doc="password | certificate")
+    state: Mapped[str] = mapped_column(String(16), doc="pending | completed | failed | expired")
+    command_id: Mapped[str] = mapped_column(String(80), unique=True)
+    requested_by: Mapped[str] = mapped_column(String(120))
+    requested_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    expires_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    finished_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), default=None)
+    reason: Mapped[str | None] = mapped_column(String(2000), default=None)
+    old_login: Mapped[str | None] = mapped_column(String(120), default=None)
+    new_login: Mapped[str | None] = mapped_column(String(120), default=None)
+    old_serial: Mapped[str | None] = mapped_column(String(40), default=None)
+    new_serial: Mapped[str | None] = mapped_column(String(40), default=None)

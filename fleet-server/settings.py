@@ -127,6 +127,22 @@ class Settings(BaseModel):
         "half goes to each box at enrolment. Default: beside the SQLite database, else var/command-signing-key.pem.",
     )
 
+    # Credential rotation (credential_rotation.py).
+    rotation_lifetime_hours: float = Field(
+        default=24 * 7, gt=0, le=24 * 90,
+        description="How long a box has to take a new credential; after that the rotation expires, the new "
+        "credential is withdrawn and the old one stays.",
+    )  # fmt: skip
+    rotation_check_s: float = Field(default=5.0, gt=0, description="How often rotations' acks are looked for.")
+    broker_crl_file: str | None = Field(
+        default=None, description="The broker's crl.pem (on a shared path): a rotated box's old certificate is "
+        "listed there once the box acks its new one. Without it, the server says which serial to list.",
+    )  # fmt: skip
+    broker_reload_command: str | None = Field(
+        default=None, description="Run after the CRL changed, so the broker re-reads it (e.g. "
+        "'systemctl reload mosquitto').",
+    )  # fmt: skip
+
     @model_validator(mode="after")
     def _health_tiers(self) -> Settings:
         HealthPolicy(self.health_raw_hours, self.health_five_minute_days)  # raises on tiers out of order

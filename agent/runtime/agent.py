@@ -23,6 +23,7 @@ from ..inference.detector import Detector, load_detector
 from ..inference.snapshot import redact
 from ..remote_config import ConfigRefused, RemoteConfigStore, effective_config
 from ..snapshot import write_snapshot
+from ..uplink.credentials import CredentialRotator, effective_mqtt
 from ..uplink.downlink import CommandRefused, Downlink
 from ..uplink.journal import CommandJournal
 from ..uplink.move import Mover
@@ -63,7 +64,7 @@ class Agent(_CameraLoops, _HealthReporting):
         self.snapshots_accepted = 0
         self.snapshots_dropped = 0
         self.uplink = Uplink(
-            self.endpoints.effective(config.mqtt),
+            self.endpoints.effective(effective_mqtt(config)),
             self.outbox,
             device_id=config.device_id,
             agent_version=__version__,
@@ -76,6 +77,7 @@ class Agent(_CameraLoops, _HealthReporting):
         )  # fmt: skip
         self.downlink = Downlink(config.device_id, self.local_config, self, self.outbox, store=self.remote,
                                  journal=journal, mover=self.mover)  # fmt: skip
+        self.downlink.credentials = CredentialRotator(config, self.uplink)
         self.health = HealthProbe(__version__, config.state_dir)
         self.clock = ClockWatch()
         self.detect_rate = RateMeter()

@@ -42,6 +42,7 @@ from polewatch.protocol import (
     decode,
     topics,
 )
+from polewatch.protocol.commands import RotateCredentialsArgs
 
 from ..config import AgentConfig
 from ..remote_config import ConfigRefused, RemoteConfigStore, effective_config, refusal
@@ -71,6 +72,12 @@ class Controls(Protocol):
         ...
 
 
+class CredentialRotation(Protocol):
+    """Runs `rotate_credentials` (credentials.CredentialRotator): it needs the MQTT session, not the cameras."""
+
+    async def rotate(self, args: RotateCredentialsArgs) -> dict[str, Any]: ...
+
+
 class Sink(Protocol):
     async def put(self, body: Body) -> object: ...
 
@@ -96,6 +103,7 @@ class Downlink:
         self.store = store or RemoteConfigStore(local_config.state_dir)
         self.journal = journal or CommandJournal(local_config.state_dir)
         self.mover = mover
+        self.credentials: CredentialRotation | None = None  # set once the MQTT session exists
         self.rejected: Counter[str] = Counter()  # reason code -> messages not understood
         self.handled = 0
         self._queue: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue(QUEUE_LIMIT)
@@ -272,7 +280,10 @@ class Downlink:
             return refused(str(refusal(exc, prefix="args.")))
         self.journal.running(command_id, name)
         try:
-            result = await self.controls.run_command(name, args, command_id)
+            if isinstance(args, RotateCredentialsArgs) and self.credentials is not None:
+                result = await self.credentials.rotate(args)
+            else:
+                result = await self.controls.run_command(name, args, command_id)
         except CommandRefused as exc:
             return refused(str(exc))
         except Exception as exc:

@@ -145,11 +145,23 @@ class Uplink:
         self._sent_waiters: dict[int, asyncio.Future[None]] = {}
         self._publishing = 0  # publishes waiting for their acknowledgement now
         self._none_publishing = asyncio.Event()
+        # A credential on trial (rotation): the login to go back to if the broker refuses it, and who
+        # waits for the outcome (None once in, else the broker's reason).
+        self._trial: tuple[MqttConfig, asyncio.Future[str | None]] | None = None
 
     def switch(self, config: MqttConfig) -> None:
         """Leave the current broker cleanly and connect to `config` from now on (see the module's doc)."""
         self._next_config = config
         self._switch_now.set()
+
+    async def try_credential(self, candidate: MqttConfig) -> str | None:
+        """Reconnect with another credential (credentials.py) the way a move does (nothing in flight is
+        sent twice): None once the broker let it in and it is the session's credential from now on;
+        else the broker's reason, and the session is back on the old one at once."""
+        future: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
+        self._trial = (self.config, future)
+        self.switch(candidate)
+        return await future
 
     async def wait_sent(self, seq: int, timeout: float) -> bool:
         """True once the outbox message `seq` was acknowledged by the broker of this session, False after
@@ -187,8 +199,7 @@ class Uplink:
                         reason=reason)
         return encode(self.outbox.stamp(body))
 
-    def _client_for_session(self, will_payload: bytes) -> aiomqtt.Client:
-        cfg = self.config
+    def _client_for_session(self, will_payload: bytes, cfg: MqttConfig) -> aiomqtt.Client:
         tls_context = None
         if cfg.tls is not None:
             tls_context = ssl.create_default_context(cafile=str(cfg.tls.ca_file))
@@ -227,24 +238,32 @@ class Uplink:
         will_payload: bytes | None = None
         while True:
             delay = 0.0
+            trial: tuple[MqttConfig, asyncio.Future[str | None]] | None = None
             if self._next_config is not None:
-                log.warning("switching broker", extra={"from": f"{self.config.host}:{self.config.port}",
-                                                       "to": f"{self._next_config.host}:{self._next_config.port}"})
+                if (self._next_config.host, self._next_config.port) != (self.config.host, self.config.port):
+                    log.warning("switching broker", extra={"from": f"{self.config.host}:{self.config.port}",
+                                                           "to": f"{self._next_config.host}:{self._next_config.port}"})
                 self.config, self._next_config = self._next_config, None
+                trial, self._trial = self._trial, None
                 delays = backoff_delays(ceiling=self.config.reconnect_max_s)
                 attempt = 0
             self._switch_now.clear()
+            config = self.config
             try:
                 # One will per session: failed attempts never publish it, so they reuse it (no new
                 # sequence number, no disk write, per attempt during a long outage).
                 if will_payload is None:
                     will_payload = await asyncio.to_thread(self._presence, "offline", "connection lost")
-                async with self._client_for_session(will_payload) as client:
+                async with self._client_for_session(will_payload, config) as client:
                     will_payload = None
+                    if trial is not None:
+                        trial[1].set_result(None)
+                        trial = None
+                        log.info("connected with the new credential")
                     self._client = client
                     self.connected = True
                     attempt = 0
-                    log.info("connected to broker", extra={"broker": f"{self.config.host}:{self.config.port}"})
+                    log.info("connected to broker", extra={"broker": f"{config.host}:{config.port}"})
                     await client.publish(
                         topics.up(self.device_id, "presence"),
                         await asyncio.to_thread(self._presence, "online", "connected"),
@@ -266,6 +285,11 @@ class Uplink:
                         # teardown (which may wait for its timeout) is over: health says so at once.
                         self.connected = False
             except aiomqtt.MqttError as exc:
+                if trial is not None:  # the new credential was refused: straight back to the old one
+                    self.config = trial[0]
+                    trial[1].set_result(_tls_problem(exc) or str(exc) or type(exc).__name__)
+                    log.error("the broker refused the new credential; back on the old one", extra={"error": str(exc)})
+                    continue
                 delay = random.uniform(0, delays[min(attempt, len(delays) - 1)])
                 tls_problem = _tls_problem(exc) if self.config.tls is not None else None
                 if tls_problem is not None:
@@ -295,6 +319,8 @@ class Uplink:
     async def _leave(self, client: aiomqtt.Client) -> None:
         """Before a switch: a retained `offline` presence on the old broker (a clean disconnect sends no will)."""
         target = self._next_config
+        if target is not None and (target.host, target.port) == (self.config.host, self.config.port):
+            return  # a new credential on the same broker: the next connection says `online` again
         reason = f"moved to {target.host}:{target.port}" if target is not None else "moved"
         with contextlib.suppress(aiomqtt.MqttError, asyncio.TimeoutError, TimeoutError):
             await client.publish(topics.up(self.device_id, "presence"),

@@ -138,7 +138,8 @@ class DynsecAdmin:
         """Create the box's role and account, or bring an existing one to this password, enabled.
 
         Idempotent, so a technician's re-run or a retried enrolment never fails half-way or makes a
-        second identity: the account is the device id, bound to the client id of the same name.
+        second identity: the account is the device id, bound to the client id of the same name. Logins
+        left from earlier rotations are deleted: the box enrolled again holds only this one.
         """
         role = policy.device_role(device_id)
         answers = await self.try_execute(
@@ -158,6 +159,7 @@ class DynsecAdmin:
             ]
         )
         if "error" not in answers[0]:
+            await self._drop_rotated(device_id)
             return
         if "exists" not in str(answers[0]["error"]).lower():
             raise DynsecError("createClient", str(answers[0]["error"]))
@@ -173,6 +175,34 @@ class DynsecAdmin:
                 {"command": "enableClient", "username": device_id},
             ]
         )
+        await self._drop_rotated(device_id)
+
+    async def _drop_rotated(self, device_id: str) -> None:
+        for login in await self.logins(device_id):
+            if login != device_id:
+                await self.delete_login(login)
+
+    async def logins(self, device_id: str) -> list[str]:
+        """Every broker login of the box: its enrolment one (the device id) and rotated ones."""
+        answer = await self.execute([{"command": "listClients"}])
+        return [str(u) for u in answer[0]["data"]["clients"] if policy.is_login_of(str(u), device_id)]
+
+    async def add_login(self, device_id: str, username: str, password: str) -> None:
+        """A second login for the box during a rotation: bound to the same client id, with the same role,
+        so both its old and its new login work until the box has switched."""
+        if not policy.is_login_of(username, device_id):
+            raise ValueError(f"{username!r} is not a login name for device {device_id!r}")
+        await self.execute(
+            [{"command": "createClient", "username": username, "password": password, "clientid": device_id,
+              "roles": [{"rolename": policy.device_role(device_id)}]}]
+        )  # fmt: skip
+
+    async def delete_login(self, username: str) -> None:
+        """Delete one login (already gone is not an error); the box's role stays."""
+        answer = (await self.try_execute([{"command": "deleteClient", "username": username}]))[0]
+        error = str(answer.get("error", ""))
+        if error and "not found" not in error.lower():
+            raise DynsecError("deleteClient", error)
 
     async def set_password(self, device_id: str, password: str) -> None:
         """Rotate: the new password works for the next connection; the live one is not cut."""
@@ -183,23 +213,30 @@ class DynsecAdmin:
         its password from now on. Taking the role matters for certificate logins, which Mosquitto 2.0
         lets in without asking the plugin (a disabled flag does not stop them): without a role such a
         box may publish and subscribe to nothing. The CRL then refuses it at the handshake."""
-        await self.execute(
-            [
-                {"command": "disableClient", "username": device_id},
-                {"command": "removeClientRole", "username": device_id, "rolename": policy.device_role(device_id)},
-            ]
-        )
+        role = policy.device_role(device_id)
+        for login in await self.logins(device_id) or [device_id]:
+            await self.execute(
+                [
+                    {"command": "disableClient", "username": login},
+                    {"command": "removeClientRole", "username": login, "rolename": role},
+                ]
+            )
 
     async def reinstate(self, device_id: str) -> None:
-        await self.execute(
-            [
-                {"command": "addClientRole", "username": device_id, "rolename": policy.device_role(device_id)},
-                {"command": "enableClient", "username": device_id},
-            ]
-        )
+        role = policy.device_role(device_id)
+        for login in await self.logins(device_id) or [device_id]:
+            await self.execute(
+                [
+                    {"command": "addClientRole", "username": login, "rolename": role},
+                    {"command": "enableClient", "username": login},
+                ]
+            )
 
     async def remove(self, device_id: str) -> None:
         """Delete account and role (decommissioning); already gone is not an error."""
+        for login in await self.logins(device_id):
+            if login != device_id:
+                await self.delete_login(login)
         answers = await self.try_execute(
             [
                 {"command": "deleteClient", "username": device_id},

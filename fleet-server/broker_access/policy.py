@@ -18,6 +18,19 @@ BROKER_LOG_TOPIC = "$SYS/broker/log/#"
 SHARE_GROUP = "polewatch"
 
 
+# Between the device id and a rotated login's suffix: not a character device ids may hold, so one
+# box's logins are never taken for another's.
+LOGIN_SEPARATOR = "~"
+
+
+def rotated_login(device_id: str, suffix: str) -> str:
+    return f"{topics.check_device_id(device_id)}{LOGIN_SEPARATOR}{suffix}"
+
+
+def is_login_of(username: str, device_id: str) -> bool:
+    return username == device_id or username.startswith(device_id + LOGIN_SEPARATOR)
+
+
 def device_role(device_id: str) -> str:
     return f"polewatch-device-{topics.check_device_id(device_id)}"
 

@@ -242,6 +242,11 @@ async def test_bad_commands_and_garbage_are_refused_and_the_agent_goes_on(
         on_config_topic = encode(build(command("x-topic", "restart_camera", camera_id="cam1"), device_id="pole-a",
                                        seq=2))
         await f.publish_raw("config", on_config_topic)
+        # Credential rotation is the agent's own (runtime wires it to the MQTT session): a password box
+        # refuses a certificate, and a sealed login it has no key to open, staying on its login.
+        await f.send(command("x-rotate-cert", "rotate_credentials", kind="certificate", certificate_pem="PEM"))
+        sealed = {"ephemeral_key": "AAAA", "nonce": "AAAAAAAAAAAAAAAA", "ciphertext": "AAAA"}
+        await f.send(command("x-rotate-key", "rotate_credentials", kind="password", sealed_login=sealed))
         await f.send(command("x-fine", "restart_camera", camera_id="cam2"))
 
         expected = {
@@ -252,12 +257,15 @@ async def test_bad_commands_and_garbage_are_refused_and_the_agent_goes_on(
             "x-level": "args.level: Input should be 'DEBUG', 'INFO', 'WARNING' or 'ERROR'",
             "x-device": "device_mismatch",
             "x-topic": "kind_mismatch",
+            "x-rotate-cert": "this box logs in with a password; a certificate rotation does not apply",
+            "x-rotate-key": "cannot be read",
         }
         for command_id, reason in expected.items():
             ack = await ack_of(f, command_id)
             assert ack.body.status == "refused" and reason in (ack.body.reason or ""), ack.body
         assert (await ack_of(f, "x-fine")).body.status == "done"
         assert agent.camera_starts == {"cam1": 1, "cam2": 2}, "only the valid command ran"
+        assert agent.uplink.config.username == "pole-a" and agent.uplink.connected
         rejected = agent.downlink.rejected
         assert rejected["not_json"] == 2 and rejected["not_object"] == 2 and rejected["invalid_command"] == 1
         assert rejected["unknown_kind"] == 1  # the reboot_now topic

@@ -62,7 +62,7 @@ def test_a_command_with_an_unknown_name_still_decodes_so_the_box_can_refuse_it_b
     assert isinstance(decoded, CommandMessage) and decoded.body.name == "reboot"
     with pytest.raises(ValidationError):
         Command(command_id="has space", name="snapshot")
-    assert set(COMMAND_ARGS) == {"restart_camera", "snapshot", "set_log_level"}
+    assert set(COMMAND_ARGS) == {"restart_camera", "snapshot", "set_log_level", "rotate_credentials"}
     with pytest.raises(ValidationError):
         SnapshotArgs.model_validate({"camera_id": "cam1", "quality": 1000})
 

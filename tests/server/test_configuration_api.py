@@ -226,6 +226,14 @@ async def test_commands_are_validated_sent_and_acked(mosquitto_broker: BrokerPro
         assert (await api.post("/api/devices/pole-a/commands", headers=operator, json=snapshot)).status_code == 403
         unknown = await api.post("/api/devices/pole-a/commands", headers=ops, json={"name": "reboot"})
         assert unknown.status_code == 422 and "unknown command 'reboot'" in unknown.json()["detail"]
+        assert "rotate_credentials" not in unknown.json()["detail"]  # not offered among the known ones
+        # Rotation has its own route (the server makes, seals and retires the credential): refused here,
+        # pointing there, and nothing recorded or sent (the next message the box gets is the DEBUG one).
+        rotate = {"name": "rotate_credentials", "args": {"kind": "certificate", "certificate_pem": "x"}}
+        wrong = await api.post("/api/devices/pole-a/commands", headers=ops, json=rotate)
+        assert wrong.status_code == 422, wrong.text
+        assert "POST /api/devices/pole-a/credentials/rotate" in wrong.json()["detail"]
+        assert (await api.get("/api/devices/pole-a/commands", headers=operator)).json()["items"] == []
         bad = await api.post("/api/devices/pole-a/commands", headers=ops,
                              json={"name": "set_log_level", "args": {"level": "LOUD"}})  # fmt: skip
         assert bad.status_code == 422 and bad.json()["detail"].startswith("args.level:")

@@ -22,7 +22,7 @@ def test_migrated_schema_matches_the_models_and_downgrades_cleanly(database: str
     engine = db.make_engine(database)
     try:
         db.upgrade(engine)
-        assert db.current_revision(engine) == db.head_revision() == "0050"
+        assert db.current_revision(engine) == db.head_revision() == "0060"
         with engine.connect() as conn:
             diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata)
             assert diff == [], diff

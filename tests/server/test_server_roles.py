@@ -115,5 +115,9 @@ async def test_routes_by_roles(database: str) -> None:
     assert results[("GET", "/api/poles/{pole_id}")]["technician"] == 404
     assert all(results[("GET", "/api/devices/{device_id}/health/history")][r] == 404 for r in ROLES)
     assert [r for r in ROLES if results[("POST", "/api/fleet/move")][r] != 403] == ["admin", "ops"]
+    # Rotating a box's broker credential is for the people who run the fleet; seeing where it stands is not.
+    rotate = results[("POST", "/api/devices/{device_id}/credentials/rotate")]
+    assert [r for r in ROLES if rotate[r] != 403] == ["admin", "ops"] and rotate[ANONYMOUS] == 401
+    assert all(results[("GET", "/api/devices/{device_id}/credentials")][r] != 403 for r in ROLES)
     assert results[("POST", "/api/enrolment")][ANONYMOUS] == 422  # public: the code is the credential
     print(f"role matrix: {len(results)} routes x {len(ROLES) + 1} principals checked")
