@@ -1,7 +1,7 @@
 """Credential rotation: each box's public key and current credential, and the rotations made.
 
 Revision ID: 0060
-Revises: 0040
+Revises: 0050
 Create Date: 2026-11-24
 
 Boxes enrolled before this revision have no public key on record: the server cannot seal a password
