@@ -50,6 +50,7 @@ health_router = APIRouter()
 )  # fmt: skip
 def list_devices(
     svc: ServicesDep,
+    request: Request,
     limit: Limit = 50,
     cursor: Annotated[
         str | None, Query(pattern=DEVICE_ID_PATTERN, description="`next` of the previous page; none for the first.")
@@ -57,7 +58,9 @@ def list_devices(
     online: Annotated[bool | None, Query(description="Only devices online (true) or offline (false).")] = None,
 ) -> DevicePage:
     with svc.sessions() as session:
-        return queries.list_devices(session, limit=limit, after=cursor, online=online)
+        return queries.list_devices(
+            session, limit=limit, after=cursor, online=online, only=scope.device_filter(request)
+        )
 
 
 @router.get(
@@ -84,6 +87,7 @@ def get_device(
 )  # fmt: skip
 def list_events(
     svc: ServicesDep,
+    request: Request,
     device_id: Annotated[str | None, Query(pattern=DEVICE_ID_PATTERN, description="Only this device's events.")] = None,
     label: Annotated[
         str | None, Query(max_length=64, pattern=NO_NUL, description="Only this label, e.g. 'person'.")
@@ -93,7 +97,9 @@ def list_events(
 ) -> EventPage:
     before = int_cursor(cursor)
     with svc.sessions() as session:
-        return queries.list_events(session, device_id=device_id, label=label, limit=limit, before=before)
+        return queries.list_events(
+            session, device_id=device_id, label=label, limit=limit, before=before, only=scope.device_filter(request)
+        )
 
 
 @router.get(
@@ -104,6 +110,7 @@ def list_events(
 )
 def list_camera_health(
     svc: ServicesDep,
+    request: Request,
     device_id: Annotated[
         str | None, Query(pattern=DEVICE_ID_PATTERN, description="Only this device's cameras.")
     ] = None,
@@ -127,6 +134,7 @@ def list_camera_health(
             open_only=open_only,
             limit=limit,
             before=before,
+            only=scope.device_filter(request),
         )
 
 

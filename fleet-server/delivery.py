@@ -16,7 +16,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, HTTPException, Path, Query
+from fastapi import APIRouter, HTTPException, Path, Query, Request
 from pydantic import BaseModel, Field, ValidationError
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session
 from polewatch.protocol import OutboxStatus
 from polewatch.protocol.topics import DEVICE_ID_PATTERN
 
+from . import scope
 from .api import DENIED, ERRORS, rule
 from .models import Device, DeviceClock, GivenUpRange, GivenUpReport, ReceivedSeqRange
 from .roles import Permission
@@ -200,10 +201,12 @@ def delivery(session: Session, device_id: str, *, limit: int = 100) -> DeliveryO
 )
 def get_delivery(
     device_id: Annotated[str, Path(pattern=DEVICE_ID_PATTERN)],
+    request: Request,
     svc: ServicesDep,
     limit: Annotated[int, Query(ge=1, le=5000, description="Most gaps to list (the totals count all).")] = 100,
 ) -> DeliveryOut:
     with svc.sessions() as session:
+        scope.check_device(session, scope.sites_of(request), device_id)
         out = delivery(session, device_id, limit=limit)
     if out is None:
         raise HTTPException(status_code=404, detail=f"unknown device {device_id!r}")

@@ -6,7 +6,9 @@ blocks the event loop that carries the MQTT session and the live streams.
 
 from __future__ import annotations
 
-from sqlalchemy import and_, func, select
+from typing import Any
+
+from sqlalchemy import Select, and_, func, select
 from sqlalchemy.orm import Session, aliased
 
 from .models import CameraHealthEvent, Device, Event
@@ -14,17 +16,26 @@ from .pagination import DEFAULT_LIMIT, split
 from .schemas import CameraHealthOut, CameraHealthPage, DeviceOut, DevicePage, EventOut, EventPage
 
 
-def all_devices(session: Session) -> list[DeviceOut]:
-    """Every device (the live stream's snapshot)."""
-    rows = session.scalars(select(Device).order_by(Device.device_id))
-    return [DeviceOut.of(row) for row in rows]
+def all_devices(session: Session, only: Select[Any] | None = None) -> list[DeviceOut]:
+    """Every device (the live stream's snapshot); `only`: a select of the device ids to keep (scope.py)."""
+    query = select(Device).order_by(Device.device_id)
+    if only is not None:
+        query = query.where(Device.device_id.in_(only))
+    return [DeviceOut.of(row) for row in session.scalars(query)]
 
 
 def list_devices(
-    session: Session, *, limit: int = DEFAULT_LIMIT, after: str | None = None, online: bool | None = None
+    session: Session,
+    *,
+    limit: int = DEFAULT_LIMIT,
+    after: str | None = None,
+    online: bool | None = None,
+    only: Select[Any] | None = None,
 ) -> DevicePage:
     """By device id; `after` is the keyset cursor (the last id of the previous page)."""
     query = select(Device).order_by(Device.device_id).limit(limit + 1)
+    if only is not None:
+        query = query.where(Device.device_id.in_(only))
     if after is not None:
         query = query.where(Device.device_id > after)
     if online is not None:
@@ -45,9 +56,12 @@ def list_events(
     label: str | None = None,
     limit: int = DEFAULT_LIMIT,
     before: int | None = None,
+    only: Select[Any] | None = None,
 ) -> EventPage:
     """Newest first; `before` is the keyset cursor (an id), stable while new events arrive."""
     query = select(Event).order_by(Event.id.desc()).limit(limit + 1)
+    if only is not None:
+        query = query.where(Event.device_id.in_(only))
     if device_id is not None:
         query = query.where(Event.device_id == device_id)
     if label is not None:
@@ -58,15 +72,20 @@ def list_events(
     return EventPage(items=[EventOut.of(r) for r in rows], next=str(rows[-1].id) if more and rows else None)
 
 
-def events_after(session: Session, after: int, limit: int) -> list[EventOut]:
+def events_after(session: Session, after: int, limit: int, only: Select[Any] | None = None) -> list[EventOut]:
     """Oldest first from `after` (exclusive): the replay a resuming stream sends."""
-    rows = session.scalars(select(Event).where(Event.id > after).order_by(Event.id).limit(limit))
-    return [EventOut.of(row) for row in rows]
+    query = select(Event).where(Event.id > after).order_by(Event.id).limit(limit)
+    if only is not None:
+        query = query.where(Event.device_id.in_(only))
+    return [EventOut.of(row) for row in session.scalars(query)]
 
 
-def latest_events(session: Session, count: int) -> list[EventOut]:
+def latest_events(session: Session, count: int, only: Select[Any] | None = None) -> list[EventOut]:
     """The newest `count` events, oldest first (the order a feed appends them in)."""
-    rows = list(session.scalars(select(Event).order_by(Event.id.desc()).limit(count)))
+    query = select(Event).order_by(Event.id.desc()).limit(count)
+    if only is not None:
+        query = query.where(Event.device_id.in_(only))
+    rows = list(session.scalars(query))
     return [EventOut.of(row) for row in reversed(rows)]
 
 
@@ -83,6 +102,7 @@ def list_camera_health(
     open_only: bool = False,
     limit: int = DEFAULT_LIMIT,
     before: int | None = None,
+    only: Select[Any] | None = None,
 ) -> CameraHealthPage:
     """Newest first, keyset-paginated by id like the events.
 
@@ -92,6 +112,8 @@ def list_camera_health(
     """
     row = CameraHealthEvent
     query = select(row).order_by(row.id.desc()).limit(limit + 1)
+    if only is not None:
+        query = query.where(row.device_id.in_(only))
     if device_id is not None:
         query = query.where(row.device_id == device_id)
     if camera_id is not None:

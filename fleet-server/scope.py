@@ -36,6 +36,12 @@ def devices_on(sites: list[str]) -> Select[Any]:
     )
 
 
+def device_filter(request: Request) -> Select[Any] | None:
+    """For the read side (queries.py): the device ids this request may see; None: all of them."""
+    sites = sites_of(request)
+    return devices_on(sites) if sites is not None else None
+
+
 def site_of_device(session: Session, device_id: str) -> str | None:
     return session.scalar(
         select(Pole.site_id)

@@ -21,11 +21,12 @@ import logging
 from collections.abc import AsyncIterable
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Query
+from fastapi import APIRouter, Header, Query, Request
 from fastapi.sse import EventSourceResponse, ServerSentEvent
+from sqlalchemy import Select
 from starlette.concurrency import run_in_threadpool
 
-from . import queries
+from . import queries, scope
 from .api import DENIED, rule
 from .pagination import MAX_ROW_ID
 from .roles import Permission
@@ -54,19 +55,31 @@ def _cursor(last_event_id: str | None, after: int | None) -> int | None:
     return after
 
 
-def _devices(svc: Services) -> list[DeviceOut]:
+def _devices(svc: Services, only: Select[Any] | None) -> list[DeviceOut]:
     with svc.sessions() as session:
-        return queries.all_devices(session)
+        return queries.all_devices(session, only)
 
 
-def _after(svc: Services, cursor: int) -> list[EventOut]:
+def _after(svc: Services, cursor: int, only: Select[Any] | None) -> list[EventOut]:
     with svc.sessions() as session:
-        return queries.events_after(session, cursor, REPLAY_PAGE)
+        return queries.events_after(session, cursor, REPLAY_PAGE, only)
 
 
-def _latest(svc: Services, count: int) -> list[EventOut]:
+def _latest(svc: Services, count: int, only: Select[Any] | None) -> list[EventOut]:
     with svc.sessions() as session:
-        return queries.latest_events(session, count)
+        return queries.latest_events(session, count, only)
+
+
+def _device_of(data: Any) -> str | None:
+    return data.get("device_id") if isinstance(data, dict) else None
+
+
+def _visible(svc: Services, only: Select[Any] | None) -> set[str] | None:
+    """The device ids a scoped principal (a technician) may follow live; None: every device."""
+    if only is None:
+        return None
+    with svc.sessions() as session:
+        return set(session.scalars(only))
 
 
 @router.get(
@@ -79,6 +92,7 @@ def _latest(svc: Services, count: int) -> list[EventOut]:
 )
 async def stream(
     svc: ServicesDep,
+    request: Request,
     last_event_id: Annotated[
         str | None, Header(description="Sent by EventSource on reconnect: replay detections after this id.")
     ] = None,
@@ -92,20 +106,24 @@ async def stream(
     ] = 0,
 ) -> AsyncIterable[ServerSentEvent]:
     cursor = _cursor(last_event_id, after)
+    # A technician follows the boxes on their sites as they were when the stream opened; a box placed
+    # there later shows after a reconnect (the console reconnects on its own).
+    only = scope.device_filter(request)
+    visible = await run_in_threadpool(_visible, svc, only)
     with svc.feed.subscribe() as sub:
         yield ServerSentEvent(comment="polewatch live feed", retry=RECONNECT_MS)
-        devices = await run_in_threadpool(_devices, svc)
+        devices = await run_in_threadpool(_devices, svc, only)
         yield ServerSentEvent(event="devices", data=[d.model_dump(mode="json") for d in devices])
 
         if cursor is None and backlog > 0:
-            recent = await run_in_threadpool(_latest, svc, backlog)
+            recent = await run_in_threadpool(_latest, svc, backlog, only)
             for event in recent:
                 yield _detection(event, event.id)
             if recent:
                 cursor = recent[-1].id
         elif cursor is not None:
             while True:  # page through everything missed: a console back from a long outage
-                page = await run_in_threadpool(_after, svc, cursor)
+                page = await run_in_threadpool(_after, svc, cursor, only)
                 for event in page:
                     yield _detection(event, event.id)
                     cursor = event.id
@@ -114,6 +132,8 @@ async def stream(
 
         while True:
             for item in await sub.next_batch():
+                if visible is not None and _device_of(item.data) not in visible:
+                    continue
                 if item.kind == "detection" and item.id is not None:
                     if cursor is not None and item.id <= cursor:
                         continue  # already sent by the replay

@@ -203,6 +203,13 @@ async def test_stats_health_console_and_openapi(client: httpx.AsyncClient) -> No
         "/api/routing-rules",
         "/api/alert-deliveries",
         "/api/alert-deliveries/{delivery_id}/retry",
+        # people's sites, health history, moving the fleet, broker credentials
+        "/api/users/{user_id}/sites",
+        "/api/devices/{device_id}/health/history",
+        "/api/fleet/move",
+        "/api/fleet/moves/{serial}",
+        "/api/devices/{device_id}/credentials",
+        "/api/devices/{device_id}/credentials/rotate",
         "/healthz",
     }
     device_404 = spec["paths"]["/api/devices/{device_id}"]["get"]["responses"]["404"]

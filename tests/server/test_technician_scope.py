@@ -4,14 +4,31 @@ a technician may use shows and changes only what is on those sites. Both databas
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import AsyncIterator
+from datetime import datetime, timezone
 from typing import Any
 
 import httpx
 import pytest
 
 from polewatch.fleet_server import create_app
-from support.server import PASSWORD, add_token, add_user, bearer, settings_for
+from polewatch.fleet_server.db import make_engine, make_sessionmaker
+from polewatch.fleet_server.store import Received, Store
+from support.server import (
+    PASSWORD,
+    add_token,
+    add_user,
+    bearer,
+    camera_health,
+    database_url,
+    detection,
+    health,
+    live_server,
+    presence,
+    settings_for,
+    sse_events,
+)
 
 pytestmark = pytest.mark.server
 
@@ -130,3 +147,54 @@ async def test_a_technician_sees_and_changes_only_their_sites(database: str) -> 
         assert (await admin.put(f"/api/users/{tess}/sites", json={"sites": ["site-b"]})).status_code == 200
         assert _ids(await tech.get("/api/poles"), "pole_id") == ["pole-b1"]
         assert (await tech.get("/api/poles/pole-a1")).status_code == 404
+
+
+def _heard_from(database: str) -> None:
+    """What the boxes on both sites sent, stored the way the ingest stores it."""
+    engine = make_engine(database_url(database))
+    try:
+        now = datetime.now(timezone.utc)
+        batch = [
+            Received(message, now)
+            for box in ("box-b", "box-a")  # B first: an unfiltered backlog would start with B's detection
+            for message in (presence(box), health(box), detection(box, event_id=f"{box}-trk"), camera_health(box))
+        ]
+        outcomes = Store(make_sessionmaker(engine)).apply_batch(batch)
+        assert all(o.error is None and not o.duplicate for o in outcomes), outcomes
+    finally:
+        engine.dispose()
+
+
+async def test_a_technician_reads_only_what_the_boxes_on_their_sites_sent(database: str) -> None:
+    async with _clients(database) as (admin, tech, tess):
+        assert (await admin.put(f"/api/users/{tess}/sites", json={"sites": ["site-a"]})).status_code == 200
+        _heard_from(database)
+
+        for path, key in (("/api/devices", "device_id"), ("/api/events", "device_id"),
+                          ("/api/camera-health", "device_id")):  # fmt: skip
+            assert sorted(set(_ids(await tech.get(path), key))) == ["box-a"], path
+            assert sorted(set(_ids(await admin.get(path), key))) == ["box-a", "box-b"], path
+        # Asking for site B's box by name gives nothing rather than its data.
+        assert _ids(await tech.get("/api/events", params={"device_id": "box-b"}), "device_id") == []
+        assert (await tech.get("/api/devices/box-a/delivery")).status_code == 200
+        refused = await tech.get("/api/devices/box-b/delivery")
+        assert refused.status_code == 404 and "your sites" in refused.json()["detail"]
+        assert (await admin.get("/api/devices/box-b/delivery")).status_code == 200
+
+    # The live feed's first snapshot and backlog: site A's box only (a real server: the stream never ends).
+    async with (
+        live_server(settings_for(None, database, health_compact_interval_s=0)) as base,
+        httpx.AsyncClient(base_url=base, timeout=20) as live,
+    ):
+        assert (await live.post("api/auth/login", json={"username": "tess", "password": PASSWORD})).status_code == 200
+        seen: dict[str, list[str]] = {"devices": [], "detection": []}
+        async with live.stream("GET", "api/stream", params={"backlog": 10}) as response:
+            assert response.status_code == 200
+            async for event in sse_events(response.aiter_lines()):
+                data = json.loads(event["data"])
+                if event.get("event") == "devices":
+                    seen["devices"] = [d["device_id"] for d in data]
+                elif event.get("event") == "detection":
+                    seen["detection"].append(data["device_id"])
+                    break
+        assert seen == {"devices": ["box-a"], "detection": ["box-a"]}
