@@ -88,6 +88,8 @@ class IngestStats:
     duplicates: int = 0
     rejected_by_reason: Counter[str] = field(default_factory=Counter)
     store_retries: int = 0
+    batches: int = 0  # transactions that stored messages (batched / batches: messages per commit)
+    batched: int = 0
 
     def snapshot(self) -> IngestStatsOut:
         return IngestStatsOut(
@@ -251,6 +253,8 @@ class Ingest:
         if not to_store:
             return
         outcomes = await self._store_until_done(to_store)
+        self.stats.batches += 1
+        self.stats.batched += len(to_store)
         for item, outcome in zip(to_store, outcomes, strict=True):
             self._count_and_publish(item, outcome)
 

@@ -3,6 +3,10 @@
 A rule names conditions; each one that is set must match, the unset ones match anything. Time of
 day is the command centre's local time (Settings.alert_timezone), because "littering at night goes
 to the night patrol" is said in local hours. A window may wrap midnight (22:00-06:00).
+
+The ingest routes a whole batch of alerts with the rules read once for that batch (`load`), not
+once per alert: a rule added through the API (on any replica, the rules live in the database)
+applies from the next batch on, and nothing has to be invalidated across replicas.
 """
 
 from __future__ import annotations
@@ -43,10 +47,20 @@ def matches(rule: RoutingRule, alert: Alert, local: datetime) -> bool:
     return minute_in_window(local.hour * 60 + local.minute, rule.from_minute, rule.to_minute)
 
 
-def choose(session: Session, alert: Alert, tz: ZoneInfo) -> int | None:
+def load(session: Session) -> list[RoutingRule]:
+    """Every rule, in the order they are tried."""
+    return list(session.scalars(select(RoutingRule).order_by(RoutingRule.position, RoutingRule.id)))
+
+
+def choose_from(rules: list[RoutingRule], alert: Alert, tz: ZoneInfo) -> int | None:
     """The agency id of the first matching rule, or None (the operator picks one by hand)."""
     local = alert.occurred_at.astimezone(tz)
-    for rule in session.scalars(select(RoutingRule).order_by(RoutingRule.position, RoutingRule.id)):
+    for rule in rules:
         if matches(rule, alert, local):
             return rule.agency_id
     return None
+
+
+def choose(session: Session, alert: Alert, tz: ZoneInfo) -> int | None:
+    """`choose_from` with the rules as they are now in the database."""
+    return choose_from(load(session), alert, tz)
