@@ -128,7 +128,8 @@ async def run(args: argparse.Namespace, tmp: Path) -> tuple[dict[str, list[float
             for r in range(args.rounds):
                 rates["raw"].append(await raw_rate(broker, batch(args.messages, r * 3), args.window))
                 db = f"sqlite:///{tmp / f'fleet-{r}.db'}"
-                rates["sqlite"].append(await stored_rate(broker, db, batch(args.messages, r * 3 + 1), args.window, sizes["sqlite"]))
+                payloads = batch(args.messages, r * 3 + 1)
+                rates["sqlite"].append(await stored_rate(broker, db, payloads, args.window, sizes["sqlite"]))
                 if pg is not None:
                     url = pg.create_database("bench")
                     payloads = batch(args.messages, r * 3 + 2)
