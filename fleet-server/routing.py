@@ -12,6 +12,7 @@ applies from the next batch on, and nothing has to be invalidated across replica
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Protocol
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import select
@@ -35,7 +36,20 @@ def minute_in_window(minute: int, start: int | None, end: int | None) -> bool:
     return minute >= start or minute < end  # overnight
 
 
-def matches(rule: RoutingRule, alert: Alert, local: datetime) -> bool:
+class Routable(Protocol):
+    """What a rule is matched against: an alert, or one about to be inserted."""
+
+    @property
+    def event_type(self) -> str: ...
+    @property
+    def rule_id(self) -> str | None: ...
+    @property
+    def device_id(self) -> str: ...
+    @property
+    def occurred_at(self) -> datetime: ...
+
+
+def matches(rule: RoutingRule, alert: Routable, local: datetime) -> bool:
     if rule.event_type is not None and not event_type_matches(rule.event_type, alert.event_type):
         return False
     if rule.rule_id is not None and rule.rule_id != alert.rule_id:
@@ -52,7 +66,7 @@ def load(session: Session) -> list[RoutingRule]:
     return list(session.scalars(select(RoutingRule).order_by(RoutingRule.position, RoutingRule.id)))
 
 
-def choose_from(rules: list[RoutingRule], alert: Alert, tz: ZoneInfo) -> int | None:
+def choose_from(rules: list[RoutingRule], alert: Routable, tz: ZoneInfo) -> int | None:
     """The agency id of the first matching rule, or None (the operator picks one by hand)."""
     local = alert.occurred_at.astimezone(tz)
     for rule in rules:

@@ -44,7 +44,7 @@ from polewatch.protocol import (
 )
 
 from . import alerts, config_store
-from .alert_schemas import AlertChangeOut, AlertOut, StepOut
+from .alert_schemas import AlertChangeOut
 from .models import (
     Alert,
     AlertSnapshot,
@@ -158,8 +158,7 @@ class Store:
             changes = alerts.raise_many(session, [(batch[i].message, batch[i].received_at) for i in raising], self._tz)
             for index, change in zip(raising, changes, strict=True):
                 if change is not None:
-                    alert = AlertChangeOut(step=StepOut.of(change.step), alert=AlertOut.of(change.alert))
-                    outcomes[index] = replace(outcomes[index], alert=alert)
+                    outcomes[index] = replace(outcomes[index], alert=change)
         note_received_many(
             session,
             [
@@ -179,8 +178,7 @@ class Store:
         if row_id is None:
             return Outcome(duplicate=True)
         if isinstance(message, DetectionMessage):
-            values = _row_values(message, item.received_at)
-            return Outcome(event=EventOut.of(Event(id=row_id, **values)))  # a transient copy: no second SELECT
+            return Outcome(event=_event_out(row_id, message, item.received_at))
         if isinstance(message, HealthMessage):
             # An outbox draining after an outage delivers old health late: keep the newest by the
             # device's own clock as "last health", and store every sample for history.
@@ -279,6 +277,16 @@ def _row_values(msg: V1Message, received_at: datetime) -> dict[str, Any]:
                 "redactions": list(s.redactions), "jpeg": jpeg, "sha256": hashlib.sha256(jpeg).hexdigest(),
                 "frame_time": s.frame_time}  # fmt: skip
     raise TypeError(f"{msg.kind} messages have no table of their own")
+
+
+def _event_out(row_id: int, msg: DetectionMessage, received_at: datetime) -> EventOut:
+    """The stored event for the live stream, from the message: no second SELECT, no ORM object."""
+    b = msg.body
+    return EventOut(
+        id=row_id, message_id=msg.id, device_id=msg.device_id, seq=msg.seq, camera_id=b.camera_id,
+        event_id=b.event_id, phase=b.phase, label=b.label, score=b.score, box=b.box, frame_width=b.frame_width,
+        frame_height=b.frame_height, frame_time=b.frame_time, sent_at=msg.sent_at, received_at=received_at,
+    )  # fmt: skip
 
 
 def _insert_rows(session: Session, batch: Sequence[Received]) -> dict[int, int | None]:

@@ -103,6 +103,7 @@ class Listener:
     tls: bool = True
     require_certificate: bool = False
 
+
 MAX_INFLIGHT = 1000
 
 
