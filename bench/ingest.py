@@ -7,7 +7,10 @@ received (raw: a plain subscriber counting; stored: the server's ingest, until t
 committed). Rounds alternate raw and stored on a fresh database each time; medians are reported.
 SQLite always; PostgreSQL when its server binaries are on the machine (tests/support/postgres.py).
 
-    python bench/ingest.py [--messages N] [--rounds R] [--window W]
+    python bench/ingest.py [--messages N] [--rounds R] [--window W] [--same-process]
+
+The publisher runs in a child process (the poles are not in the server's process); with
+--same-process it shares this one's GIL with the subscriber or ingest being measured.
 
 Goal: stored >= 0.8 x raw on SQLite. The last line is machine-readable:
     RESULT ingest raw_rate=... sqlite_rate=... sqlite_ratio=... sqlite_per_commit=... postgres_rate=...
@@ -18,10 +21,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import os
 import statistics
 import sys
 import tempfile
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import aiomqtt
@@ -41,6 +47,7 @@ GOAL_RATIO = 0.8
 
 
 async def publish_all(broker: brokers.BrokerProcess, payloads: list[bytes], window: int) -> None:
+    """Publish from this process, as pole-a, `window` QoS 1 messages in flight."""
     topic = topics.up("pole-a", "detection")
     async with aiomqtt.Client(
         broker.host, broker.port, username="pole-a", password=brokers.USERS["pole-a"],
@@ -58,7 +65,58 @@ async def publish_all(broker: brokers.BrokerProcess, payloads: list[bytes], wind
         await asyncio.gather(*(one(p) for p in payloads))
 
 
-async def raw_rate(broker: brokers.BrokerProcess, payloads: list[bytes], window: int) -> float:
+Go = Callable[[], Awaitable[None]]
+
+
+@contextlib.asynccontextmanager
+async def publisher(broker: brokers.BrokerProcess, payloads: list[bytes], window: int, same: bool) -> AsyncIterator[Go]:
+    """Yields `go`, which publishes every payload and returns when the publisher is done.
+
+    By default the publisher is a child process that is started, and imports, before `go`: the
+    poles are not in the server's process, and in one process the publisher's and the receiver's
+    CPU share one GIL, so the measure would be "publish + store" against "publish + count".
+    `same`: publish from this process anyway (the bench's first form; see fleet-server/README.md).
+    """
+    if same:
+        yield lambda: publish_all(broker, payloads, window)
+        return
+    with tempfile.NamedTemporaryFile("wb", suffix=".jsonl", delete=False) as f:
+        f.write(b"\n".join(payloads))  # compact JSON: no raw newline inside a payload
+    child = await asyncio.create_subprocess_exec(
+        sys.executable, __file__, "--publish", broker.host, str(broker.port), f.name, str(window),
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert child.stdin is not None and child.stdout is not None
+    try:
+        if (await child.stdout.readline()).strip() != b"ready":
+            raise RuntimeError("the publisher did not start")
+
+        async def go() -> None:
+            assert child.stdin is not None
+            child.stdin.write(b"go\n")
+            await child.stdin.drain()
+            if await child.wait() != 0:
+                raise RuntimeError(f"the publisher failed ({child.returncode})")
+
+        yield go
+    finally:
+        if child.returncode is None:
+            child.kill()
+            await child.wait()
+        os.unlink(f.name)
+
+
+async def publish_child(host: str, port: int, path: str, window: int) -> None:
+    """The child's side: imports done, say ready, publish on "go"."""
+    with open(path, "rb") as f:  # noqa: ASYNC230 - before "ready": nothing is timed yet
+        payloads = f.read().split(b"\n")
+    broker = brokers.BrokerProcess(kind="mosquitto", workdir=Path(path).parent, port=port, command=[])
+    print("ready", flush=True)
+    await asyncio.to_thread(sys.stdin.readline)
+    await publish_all(broker, payloads, window)
+
+
+async def raw_rate(broker: brokers.BrokerProcess, payloads: list[bytes], window: int, same: bool) -> float:
     async with aiomqtt.Client(broker.host, broker.port, username="tester", password=brokers.USERS["tester"],
                               identifier=f"bench-raw-{time.monotonic_ns()}") as sub:  # fmt: skip
         await sub.subscribe(topics.up("pole-a", "detection"), qos=1)
@@ -74,16 +132,17 @@ async def raw_rate(broker: brokers.BrokerProcess, payloads: list[bytes], window:
                     return
 
         reader = asyncio.create_task(read())
-        start = time.perf_counter()
-        await publish_all(broker, payloads, window)
-        await asyncio.wait_for(done.wait(), 120)
-        elapsed = time.perf_counter() - start
+        async with publisher(broker, payloads, window, same) as go:
+            start = time.perf_counter()
+            await go()
+            await asyncio.wait_for(done.wait(), 120)
+            elapsed = time.perf_counter() - start
         reader.cancel()
     return len(payloads) / elapsed
 
 
 async def stored_rate(
-    broker: brokers.BrokerProcess, url: str, payloads: list[bytes], window: int, sizes: list[float]
+    broker: brokers.BrokerProcess, url: str, payloads: list[bytes], window: int, sizes: list[float], same: bool
 ) -> float:
     """Until the ingest has counted the N-th message, which it does after the commit that stored it.
 
@@ -94,13 +153,14 @@ async def stored_rate(
     settings = settings_for(broker, url, mqtt_client_id=f"bench-{time.monotonic_ns() % 10**9}", mqtt_shared_group=None)
     async with running_ingest(settings) as run:
         stats = run.ingest.stats
-        start = time.perf_counter()
-        await publish_all(broker, payloads, window)
-        while stats.accepted_by_kind["detection"] < len(payloads):
-            if time.perf_counter() - start > 300:
-                raise RuntimeError("the ingest did not store every message within 300 s")
-            await asyncio.sleep(0.005)
-        rate = len(payloads) / (time.perf_counter() - start)
+        async with publisher(broker, payloads, window, same) as go:
+            start = time.perf_counter()
+            await go()
+            while stats.accepted_by_kind["detection"] < len(payloads):
+                if time.perf_counter() - start > 300:
+                    raise RuntimeError("the ingest did not store every message within 300 s")
+                await asyncio.sleep(0.005)
+            rate = len(payloads) / (time.perf_counter() - start)
 
         def stored() -> int:
             with run.sessions() as s:
@@ -109,7 +169,17 @@ async def stored_rate(
         if (rows := await asyncio.to_thread(stored)) != len(payloads):
             raise RuntimeError(f"{rows} events stored, {len(payloads)} sent")
         sizes.append(stats.batched / max(1, stats.batches))
-        return rate
+    await forget_session(broker, settings.mqtt_client_id)
+    return rate
+
+
+async def forget_session(broker: brokers.BrokerProcess, client_id: str) -> None:
+    """End the ingest's persistent session. Left behind, the broker would queue every later message
+    for it and, with the test broker's autosave on every change, write them all to disk again and
+    again: each round slower than the last, the raw ones too."""
+    async with aiomqtt.Client(broker.host, broker.port, username="fleet-server", password=brokers.USERS["fleet-server"],
+                              identifier=client_id, clean_session=True):  # fmt: skip
+        pass
 
 
 def batch(n: int, round_no: int) -> list[bytes]:
@@ -129,14 +199,18 @@ async def run(args: argparse.Namespace, tmp: Path) -> tuple[dict[str, list[float
         with Progress(transient=True) as progress:
             task = progress.add_task("rounds", total=args.rounds)
             for r in range(args.rounds):
-                rates["raw"].append(await raw_rate(broker, batch(args.messages, r * 3), args.window))
+                rates["raw"].append(await raw_rate(broker, batch(args.messages, r * 3), args.window, args.same_process))
                 db = f"sqlite:///{tmp / f'fleet-{r}.db'}"
                 payloads = batch(args.messages, r * 3 + 1)
-                rates["sqlite"].append(await stored_rate(broker, db, payloads, args.window, sizes["sqlite"]))
+                rates["sqlite"].append(
+                    await stored_rate(broker, db, payloads, args.window, sizes["sqlite"], args.same_process)
+                )
                 if pg is not None:
                     url = pg.create_database("bench")
                     payloads = batch(args.messages, r * 3 + 2)
-                    rates["postgres"].append(await stored_rate(broker, url, payloads, args.window, sizes["postgres"]))
+                    rates["postgres"].append(
+                        await stored_rate(broker, url, payloads, args.window, sizes["postgres"], args.same_process)
+                    )
                     pg.drop_database(url)
                 progress.advance(task)
     finally:
@@ -151,11 +225,18 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=5000, help="messages per round (default 5000)")
     parser.add_argument("--rounds", type=int, default=3, help="rounds; medians are reported (default 3)")
     parser.add_argument("--window", type=int, default=100, help="QoS 1 messages in flight (default 100)")
+    parser.add_argument("--same-process", action="store_true", help="publish from the measuring process")
+    parser.add_argument("--publish", nargs=4, metavar=("HOST", "PORT", "FILE", "WINDOW"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.publish:
+        host, port, path, window = args.publish
+        asyncio.run(publish_child(host, int(port), path, int(window)))
+        return
     with tempfile.TemporaryDirectory(prefix="bench-ingest-") as tmp:
         rates, sizes = asyncio.run(run(args, Path(tmp)))
     raw = statistics.median(rates["raw"])
-    table = Table(title=f"Ingest: {args.messages} detections per round, {args.rounds} rounds, medians")
+    where = "publisher in this process" if args.same_process else "publisher in a child process"
+    table = Table(title=f"Ingest: {args.messages} detections per round, {args.rounds} rounds, medians; {where}")
     for column in ("path", "messages/s", "x raw", "x raw per round", "messages per commit"):
         table.add_column(column, justify="left" if column == "path" else "right")
     result = {"raw_rate": f"{raw:.0f}"}
