@@ -117,12 +117,7 @@ def list_camera_health(
     before = int_cursor(cursor)
     with svc.sessions() as session:
         return queries.list_camera_health(
-            session,
-            device_id=device_id,
-            camera_id=camera_id,
-            condition=condition,
-            open_only=open_only,
-            limit=limit,
+            session, device_id=device_id, camera_id=camera_id, condition=condition, open_only=open_only, limit=limit,
             before=before,
         )
 

@@ -125,4 +125,6 @@ def rule_of(route: APIRoute) -> Requires | None:
 
 def unruled_routes(routes: list[object]) -> list[str]:
     """Routes with no rule (or more than one): the app refuses to start with any."""
-    return [f"{sorted(r.methods or ())} {r.path}" for r in routes if isinstance(r, APIRoute) and rule_of(r) is None]
+    return [
+        f"{sorted(r.methods or ())} {r.path}" for r in routes if isinstance(r, APIRoute) and rule_of(r) is None
+    ]

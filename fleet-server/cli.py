@@ -222,12 +222,8 @@ def broker_setup_command(
 
     try:
         files = broker_setup(
-            directory,
-            hosts=host,
-            tls_port=tls_port,
-            local_port=local_port,
-            require_certificate=require_certificate,
-            plugin=plugin,
+            directory, hosts=host, tls_port=tls_port, local_port=local_port,
+            require_certificate=require_certificate, plugin=plugin,
         )
     except (FileNotFoundError, FileExistsError, ValueError) as exc:
         typer.echo(f"broker-setup: {exc}", err=True)

@@ -235,3 +235,4 @@ def health_config_version(session: Session, device_id: str) -> tuple[int | None,
         return None, None
     version: Any = device.last_health.get("config_version")
     return (int(version) if isinstance(version, int) else None), device.last_health_at
+

@@ -157,7 +157,8 @@ def delivery(session: Session, device_id: str, *, limit: int = 100) -> DeliveryO
         per_reason = by_class.setdefault(gap.priority or "unknown", {})
         per_reason[gap.reason or "unknown"] = per_reason.get(gap.reason or "unknown", 0) + size
     report_count = int(
-        session.scalar(select(func.count()).select_from(GivenUpReport).where(GivenUpReport.device_id == device_id)) or 0
+        session.scalar(select(func.count()).select_from(GivenUpReport).where(GivenUpReport.device_id == device_id))
+        or 0
     )
     outbox = None
     if device.last_health is not None and device.last_health.get("outbox") is not None:

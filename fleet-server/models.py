@@ -225,7 +225,9 @@ class GivenUpRange(Base):
     lost with a damaged outbox. A range can be reported more than once; it is stored once."""
 
     __tablename__ = "given_up_ranges"
-    __table_args__ = (UniqueConstraint("device_id", "first", "last", "reason", name="uq_given_up_ranges_range"),)
+    __table_args__ = (
+        UniqueConstraint("device_id", "first", "last", "reason", name="uq_given_up_ranges_range"),
+    )
 
     id: Mapped[int] = mapped_column(RowId, primary_key=True, autoincrement=True)
     device_id: Mapped[str] = mapped_column(String(64), ForeignKey("devices.device_id"))

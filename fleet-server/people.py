@@ -51,7 +51,9 @@ def _check_role(role: str) -> None:
 
 def _check_password(password: str) -> None:
     if not passwords.MIN_LENGTH <= len(password) <= passwords.MAX_LENGTH:
-        raise PeopleError(422, f"a password needs {passwords.MIN_LENGTH} to {passwords.MAX_LENGTH} characters")
+        raise PeopleError(
+            422, f"a password needs {passwords.MIN_LENGTH} to {passwords.MAX_LENGTH} characters"
+        )
 
 
 def user_view(user: User) -> dict[str, Any]:

@@ -152,12 +152,6 @@ def downgrade() -> None:
         ("ix_config_layers_scope_target_id", "config_layers"),
     ):
         op.drop_index(index, table_name=table)
-    for table in (
-        "command_acks",
-        "device_commands",
-        "config_reports",
-        "device_configs",
-        "config_group_members",
-        "config_layers",
-    ):
+    for table in ("command_acks", "device_commands", "config_reports", "device_configs", "config_group_members",
+                  "config_layers"):
         op.drop_table(table)
