@@ -15,16 +15,19 @@ live streams of every replica wake up at once (alert_wakeups.py).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import select, text
+from sqlalchemy import Table, insert, select, text
 from sqlalchemy.orm import Session
 
 from polewatch.protocol import CameraHealthMessage, DetectionMessage, RuleEventMessage, V1Message
 
 from . import audit, routing
+from .alert_schemas import AlertChangeOut, AlertOut, StepOut
 from .models import Agency, Alert, AlertStep, Delivery
 
 STEP_LOCK = 0x504F4C45  # "POLE": the advisory lock that keeps step ids in commit order (PostgreSQL)
@@ -101,24 +104,70 @@ def _fields(message: V1Message) -> dict[str, object] | None:
     return None
 
 
-def raise_from(session: Session, message: V1Message, received_at: datetime, tz: ZoneInfo) -> Change | None:
-    """The alert an edge message raises, routed, with its `created` step; None if it raises none.
+@dataclass(frozen=True)
+class _Candidate:
+    """What routing looks at, before the alert has a row."""
 
-    Called by the store in the transaction that stored the message, after its dedup, so a
-    redelivered message raises nothing twice (and the alert's own UNIQUE message_id says so too).
+    event_type: str
+    rule_id: str | None
+    device_id: str
+    occurred_at: datetime
+
+
+def raise_many(
+    session: Session, messages: Sequence[tuple[V1Message, datetime]], tz: ZoneInfo
+) -> list[AlertChangeOut | None]:
+    """The alerts a batch of edge messages raise, routed, each with its `created` step, in order
+    (None for a message that raises none).
+
+    Called by the store in the transaction that stored the messages, after their dedup, so a
+    redelivered message raises nothing twice (and the alert's UNIQUE message_id says so too).
+    The routing rules are read once for the batch, and the alerts, then their steps, go in with
+    one multi-row INSERT ... RETURNING each (Core, not ORM objects: on SQLite the ORM inserts
+    row by row to keep RETURNING in order, and per alert that was most of the ingest's time).
     """
-    fields = _fields(message)
-    if fields is None:
-        return None
-    alert = Alert(
-        message_id=message.id, device_id=message.device_id, detail=message.body.model_dump(mode="json"),
-        received_at=received_at, status="new", updated_at=received_at, **fields,
-    )  # fmt: skip
-    alert.routed_agency_id = routing.choose(session, alert, tz)
-    session.add(alert)
-    session.flush()
-    created = _step(session, alert, "created", f"edge:{message.device_id}", agency_id=alert.routed_agency_id)
-    return Change(alert, created)
+    now = datetime.now(timezone.utc)
+    rows: list[dict[str, Any] | None] = []
+    for message, received_at in messages:
+        fields = _fields(message)
+        rows.append(
+            None
+            if fields is None
+            else {
+                "message_id": message.id, "device_id": message.device_id, "received_at": received_at,
+                "detail": message.body.model_dump(mode="json"), "status": "new", "updated_at": received_at,
+                "agency_id": None, **fields,
+            }
+        )  # fmt: skip
+    raised = [row for row in rows if row is not None]
+    if not raised:
+        return [None] * len(rows)
+    rules = routing.load(session)
+    for new in raised:
+        candidate = _Candidate(new["event_type"], new["rule_id"], new["device_id"], new["occurred_at"])
+        new["routed_agency_id"] = routing.choose_from(rules, candidate, tz)
+    alert_table: Table = Alert.__table__  # type: ignore[assignment]
+    step_table: Table = AlertStep.__table__  # type: ignore[assignment]
+    returning_ids = insert(alert_table).returning(alert_table.c.message_id, alert_table.c.id)
+    ids: dict[str, int] = {message_id: row_id for message_id, row_id in session.execute(returning_ids, raised)}
+    _lock_steps(session)
+    steps = [
+        {"alert_id": ids[row["message_id"]], "step": "created", "status": row["status"],
+         "actor": f"edge:{row['device_id']}"[:120], "agency_id": row["routed_agency_id"], "note": None, "at": now}
+        for row in raised
+    ]  # fmt: skip
+    returning_steps = insert(step_table).returning(step_table.c.alert_id, step_table.c.id)
+    step_ids: dict[int, int] = {alert_id: row_id for alert_id, row_id in session.execute(returning_steps, steps)}
+    by_alert = {step["alert_id"]: step for step in steps}
+    out: list[AlertChangeOut | None] = []
+    for made in rows:
+        if made is None:
+            out.append(None)
+            continue
+        alert_id = ids[made["message_id"]]
+        step = StepOut(id=step_ids[alert_id], **by_alert[alert_id])
+        out.append(AlertChangeOut(step=step, alert=AlertOut(id=alert_id, **made)))
+    return out
 
 
 def advance(

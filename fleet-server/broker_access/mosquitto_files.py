@@ -107,6 +107,9 @@ class Listener:
     certificate_identity: bool = False
 
 
+MAX_INFLIGHT = 1000
+
+
 def mosquitto_conf(
     *,
     state_dir: Path,
@@ -135,6 +138,10 @@ def mosquitto_conf(
         f"persistence_location {state_dir}/",
         "autosave_interval 30",
         "max_queued_messages 100000",
+        # QoS 1 messages the broker sends a client before it waits for PUBACKs (default 20, MQTT
+        # 3.1.1 clients). The fleet server acknowledges only after its commit, so this window is the
+        # most a write batch can hold: 20 meant a commit per 20 messages (see fleet-server/README.md).
+        f"max_inflight_messages {MAX_INFLIGHT}",
         "log_dest stdout",
         "log_dest topic",
         "log_type error",

@@ -127,6 +127,9 @@ def mosquitto(workdir: Path, *, persistence: bool = True, tls: BrokerTls | None 
                 "autosave_interval 1",
                 "autosave_on_changes true",
                 "max_queued_messages 100000",
+                # As the production config (broker_access/mosquitto_files.py): the ingest's batches
+                # can only hold this many unacknowledged messages.
+                "max_inflight_messages 1000",
                 "log_dest stdout",
                 "log_type error",
                 "log_type warning",
