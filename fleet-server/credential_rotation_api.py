@@ -8,10 +8,10 @@ from fastapi import APIRouter, HTTPException, Request
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
-from . import credential_rotation, registry
+from . import credential_rotation, registry, scope
 from .api import DENIED, ERRORS, rule
 from .models import CredentialRotation
-from .registry_api import CONFLICT, SlugPath, actor_of
+from .registry_api import CONFLICT, NOT_FOUND, SlugPath, actor_of
 from .roles import Permission
 from .schemas import ErrorOut
 from .services import ServicesDep
@@ -73,10 +73,14 @@ async def rotate(device_id: SlugPath, request: Request, svc: ServicesDep) -> Rot
 @router.get(
     "/devices/{device_id}/credentials", tags=["registry"], dependencies=rule(Permission.FLEET_READ),
     summary="A box's broker credential and its rotations (pending, completed, failed, expired; when)",
+    responses=NOT_FOUND,
 )  # fmt: skip
-async def credentials(device_id: SlugPath, svc: ServicesDep) -> CredentialsOut:
+async def credentials(device_id: SlugPath, request: Request, svc: ServicesDep) -> CredentialsOut:
+    sites = scope.sites_of(request)
+
     def read() -> CredentialsOut:
         with svc.sessions() as session:
+            scope.check_device(session, sites, device_id)
             try:
                 device = registry.get_device(session, device_id)
             except registry.RegistryError as exc:

@@ -93,7 +93,8 @@ async def test_a_technician_sees_and_changes_only_their_sites(database: str) -> 
         # Site B's things do not exist for her (404, like an id that really does not exist)...
         for path in ("/api/sites/site-b", "/api/sites/site-b/health", "/api/poles/pole-b1",
                      "/api/poles/pole-b1/history", "/api/registry/devices/box-b",
-                     "/api/registry/devices/box-b/history", "/api/devices/box-b"):  # fmt: skip
+                     "/api/registry/devices/box-b/history", "/api/devices/box-b",
+                     "/api/devices/box-b/credentials"):  # fmt: skip
             response = await tech.get(path)
             assert response.status_code == 404, path
             assert "your sites" in response.json()["detail"], path
