@@ -32,6 +32,9 @@ log = logging.getLogger(__name__)
 
 CHANNEL = alerts.STEP_CHANNEL
 RELISTEN_S = 2.0
+# How long one wait for notifications lasts: the listener checks whether it must stop between waits,
+# so stopping never depends on how the driver handles a cancellation in the middle of one.
+NOTIFY_WAIT_S = 1.0
 
 
 class AlertWakeups:
@@ -42,6 +45,7 @@ class AlertWakeups:
         self._poll_s = poll_s
         self._seen = 0
         self._nudge = asyncio.Event()
+        self._stopping = False
 
     def _latest(self) -> int:
         with self._sessions() as session:
@@ -70,10 +74,10 @@ class AlertWakeups:
                 except Exception:  # the database is away for a moment: the next tick tries again
                     log.warning("could not look for new alert steps", exc_info=True)
         finally:
+            self._stopping = True
             if listener is not None:
                 listener.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await listener
+                await asyncio.wait([listener], timeout=NOTIFY_WAIT_S + RELISTEN_S + 1)
 
     def _woken(self, payload: str) -> None:
         """A NOTIFY carries the step id: wake the streams at once, without a query."""
@@ -98,13 +102,17 @@ class AlertWakeups:
             }.items()
             if v is not None
         }  # fmt: skip
-        while True:
+        while not self._stopping:
             try:
                 async with await psycopg.AsyncConnection.connect(autocommit=True, **conninfo) as conn:
                     await conn.execute(f"LISTEN {CHANNEL}")
                     self._nudge.set()  # anything committed while we were not listening
-                    async for note in conn.notifies():
-                        self._woken(note.payload)
+                    while not self._stopping:
+                        async for note in conn.notifies(timeout=NOTIFY_WAIT_S):
+                            self._woken(note.payload)
             except (psycopg.Error, OSError):
+                if self._stopping:
+                    return
                 log.warning("LISTEN for alert steps failed; polling until it is back", exc_info=True)
-            await asyncio.sleep(RELISTEN_S)
+            if not self._stopping:
+                await asyncio.sleep(RELISTEN_S)

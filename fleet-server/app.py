@@ -54,6 +54,7 @@ log = logging.getLogger(__name__)
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 SHUTDOWN_GRACE_S = 5
+JOB_STOP_S = 10.0
 # Every router of the app; the access-rule check and the role-matrix test read their routes here.
 ROUTERS = (
     api.router, delivery.router, stream.router, people_api.router, registry_api.router, enrolment_api.router,
@@ -109,9 +110,11 @@ def create_app(settings: Settings | None = None, *, run_ingest: bool = True, mig
             feed.close()
             for job in background:
                 job.cancel()
-            for job in background:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await job
+            # Bounded: a job whose cancellation a library swallows (a LISTEN wait, a thread) must not
+            # keep the server from stopping; it is named in the log instead.
+            _, stuck = await asyncio.wait(background, timeout=JOB_STOP_S)
+            for job in stuck:
+                log.error("background job did not stop when asked; leaving it", extra={"job": job.get_name()})
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
