@@ -31,6 +31,20 @@ def mosquitto_broker(tmp_path: Path) -> Iterator[BrokerProcess]:
     handle.stop()
 
 
+@pytest.fixture
+def two_brokers(tmp_path: Path) -> Iterator[tuple[BrokerProcess, BrokerProcess]]:
+    """Two Mosquittos: the command centre a fleet leaves and the one it moves to."""
+    a = brokers.mosquitto(tmp_path / "broker-a")
+    try:
+        b = brokers.mosquitto(tmp_path / "broker-b")
+    except BaseException:
+        a.stop()
+        raise
+    yield a, b
+    a.stop()
+    b.stop()
+
+
 @pytest.fixture(params=["mosquitto", "amqtt"])
 def tls_broker(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[BrokerProcess]:
     """A broker of each kind whose only listener speaks TLS, with a CA and certificate from the

@@ -8,11 +8,9 @@ reads the box's up branch; the agent runs in this process with the real detector
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import json
 import logging
-from collections.abc import AsyncIterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -33,6 +31,7 @@ from polewatch.protocol import (
     encode,
 )
 from support import brokers
+from support.agent_run import running
 from support.brokers import USERS, BrokerProcess
 from support.fleet import Fleet, eventually, fleet
 from support.footage import SAMPLE_CLIP
@@ -55,22 +54,6 @@ def local_config(broker: BrokerProcess, state: Path) -> AgentConfig:
             "health_interval_s": 1,
         }
     )
-
-
-@contextlib.asynccontextmanager
-async def running(config: AgentConfig) -> AsyncIterator[Agent]:
-    agent = Agent(config)
-    stop = asyncio.Event()
-    task = asyncio.create_task(agent.run(stop))
-    try:
-        await eventually(lambda: agent.uplink.subscriptions >= 1 or task.done(), 30, "the agent to subscribe")
-        assert not task.done(), task.exception()
-        yield agent
-        assert not task.done(), "the agent is still running"
-    finally:
-        stop.set()
-        with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.wait_for(task, 30)
 
 
 def document(version: int, **settings: Any) -> DesiredConfig:

@@ -5,9 +5,7 @@ does (support/fleet.py plays the server on each broker)."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-from collections.abc import AsyncIterator, Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -21,7 +19,7 @@ from polewatch.agent.runtime import Agent
 from polewatch.protocol import Box, CommandAckMessage, MoveServer, PresenceMessage, RuleEvent
 from polewatch.protocol.move import MoveDirective, MoveEndpoint, sign_directive
 from polewatch.protocol.signing import public_pem
-from support import brokers
+from support.agent_run import running
 from support.brokers import USERS, BrokerProcess
 from support.fleet import Fleet, eventually, fleet
 from support.footage import SAMPLE_CLIP
@@ -31,19 +29,6 @@ pytestmark = [pytest.mark.mqtt]
 
 KEY = Ed25519PrivateKey.generate()
 BOX = Box(x1=0.1, y1=0.1, x2=0.2, y2=0.3)
-
-
-@pytest.fixture
-def two_brokers(tmp_path: Path) -> Iterator[tuple[BrokerProcess, BrokerProcess]]:
-    a = brokers.mosquitto(tmp_path / "broker-a")
-    try:
-        b = brokers.mosquitto(tmp_path / "broker-b")
-    except BaseException:
-        a.stop()
-        raise
-    yield a, b
-    a.stop()
-    b.stop()
 
 
 def agent_config(broker: BrokerProcess, tmp_path: Path, *, fallback_after_s: float = 60) -> AgentConfig:
@@ -57,22 +42,6 @@ def agent_config(broker: BrokerProcess, tmp_path: Path, *, fallback_after_s: flo
         "detect": {"fps": 1}, "health_interval_s": 1, "outbox": {"replay_rate": None},  # unpaced: a fast test
         "trust": {"command_key": str(key_file)}, "move": {"fallback_after_s": fallback_after_s},
     })  # fmt: skip
-
-
-@contextlib.asynccontextmanager
-async def running(config: AgentConfig) -> AsyncIterator[Agent]:
-    agent = Agent(config)
-    stop = asyncio.Event()
-    task = asyncio.create_task(agent.run(stop))
-    try:
-        await eventually(lambda: agent.uplink.subscriptions >= 1 or task.done(), 30, "the agent to subscribe")
-        assert not task.done(), task.exception()
-        yield agent
-        assert not task.done(), "the agent is still running"
-    finally:
-        stop.set()
-        with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.wait_for(task, 30)
 
 
 def move_to(broker_port: int, *, serial: int, key: Ed25519PrivateKey = KEY, command_id: str | None = None,

@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import os
 import stat
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -28,26 +28,12 @@ from polewatch.fleet_server.signing_key import public_key_pem
 from polewatch.protocol import MoveServerMessage, decode, topics
 from polewatch.protocol.move import check_directive
 from polewatch.protocol.signing import load_public_key
-from support import brokers
 from support.brokers import USERS, BrokerProcess
 from support.fleet import eventually
 from support.footage import SAMPLE_CLIP
 from support.server import add_token, bearer, settings_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.mqtt, pytest.mark.server]
-
-
-@pytest.fixture
-def two_brokers(tmp_path: Path) -> Iterator[tuple[BrokerProcess, BrokerProcess]]:
-    a = brokers.mosquitto(tmp_path / "broker-a")
-    try:
-        b = brokers.mosquitto(tmp_path / "broker-b")
-    except BaseException:
-        a.stop()
-        raise
-    yield a, b
-    a.stop()
-    b.stop()
 
 
 @contextlib.asynccontextmanager
