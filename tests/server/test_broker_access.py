@@ -15,13 +15,18 @@ from pathlib import Path
 import aiomqtt
 import pytest
 
-from polewatch.fleet_server.broker_access.broker_log import BrokerLogReader, SecurityEvent
 from polewatch.fleet_server.broker_access.dynsec import DynsecAdmin, DynsecError
 from polewatch.fleet_server.broker_access.mosquitto_files import find_dynsec_plugin
-from polewatch.fleet_server.broker_access.policy import BROKER_LOG_TOPIC
 from polewatch.fleet_server.broker_access.setup import broker_setup
 from polewatch.protocol import topics
-from support.secure_broker import SecureBroker, read_until_cut_off, start_secure_mosquitto
+from support.secure_broker import (
+    SecureBroker,
+    ServerWatch,
+    read_until_cut_off,
+    server_watch,
+    start_secure_mosquitto,
+    subscription_refused,
+)
 
 pytestmark = [pytest.mark.acl, pytest.mark.mqtt, pytest.mark.server]
 
@@ -60,58 +65,13 @@ def device(
     )
 
 
-class Watch:
-    """The fleet server's view: every up branch, and the broker's log read into security events."""
-
-    def __init__(self) -> None:
-        self.messages: list[tuple[str, bytes]] = []
-        self.events: list[SecurityEvent] = []
-        self._reader = BrokerLogReader()
-        self.server: aiomqtt.Client | None = None
-
-    async def run(self, client: aiomqtt.Client) -> None:
-        async for message in client.messages:
-            topic, payload = str(message.topic), bytes(message.payload or b"")
-            if topic.startswith("$SYS/broker/log/"):
-                event = self._reader.feed(topic, payload.decode(errors="replace"))
-                if event is not None:
-                    self.events.append(event)
-            else:
-                self.messages.append((topic, payload))
-
-    async def wait_for(self, what: str, check: object, timeout: float = 10.0) -> None:
-        assert callable(check)
-        deadline = asyncio.get_running_loop().time() + timeout
-        while not check():
-            if asyncio.get_running_loop().time() > deadline:
-                raise AssertionError(f"timed out waiting for {what}; events={self.events} messages={self.messages}")
-            await asyncio.sleep(0.05)
-
-
 @pytest.fixture
-async def fleet(secure: SecureBroker) -> AsyncIterator[Watch]:
+async def fleet(secure: SecureBroker) -> AsyncIterator[ServerWatch]:
     async with admin(secure) as dynsec:
         for device_id, password in PASSWORDS.items():
             await dynsec.ensure_device(device_id, password)
-    files = secure.files
-    watch = Watch()
-    async with aiomqtt.Client(
-        "127.0.0.1",
-        secure.local_port,
-        username=files.server.username,
-        password=files.server.password,
-        identifier="polewatch-fleet-server-1",
-    ) as server:
-        await server.subscribe(topics.all_up(), qos=1)
-        await server.subscribe(BROKER_LOG_TOPIC, qos=0)
-        task = asyncio.create_task(watch.run(server))
-        watch.server = server
-        try:
-            yield watch
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
-                await task
+    async with server_watch(secure) as watch:
+        yield watch
 
 
 async def _payloads_until(client: aiomqtt.Client, last: bytes) -> list[bytes]:
@@ -123,12 +83,7 @@ async def _payloads_until(client: aiomqtt.Client, last: bytes) -> list[bytes]:
     return received
 
 
-def _failed(granted: object) -> bool:
-    values = [getattr(g, "value", g) for g in granted]  # type: ignore[attr-defined]
-    return all(v == 0x80 for v in values)
-
-
-async def test_a_box_reaches_only_its_own_branches(secure: SecureBroker, fleet: Watch) -> None:
+async def test_a_box_reaches_only_its_own_branches(secure: SecureBroker, fleet: ServerWatch) -> None:
     async with device(secure, A) as a:
         await a.publish(topics.up(B, "detection"), b"forged by A", qos=1)
         await a.publish(topics.up(A, "detection"), b"from A", qos=1)
@@ -136,12 +91,12 @@ async def test_a_box_reaches_only_its_own_branches(secure: SecureBroker, fleet: 
         # Same connection, same order: had the forged one been let through it would have come first.
         assert all(payload != b"forged by A" for _, payload in fleet.messages)
 
-        assert _failed(await a.subscribe(topics.device_down_filter(B), qos=1))
-        assert _failed(await a.subscribe("#", qos=1))
-        assert _failed(await a.subscribe(f"{topics.PREFIX}/+/up/#", qos=1))
-        assert not _failed(await a.subscribe(topics.device_down_filter(A), qos=1))
+        assert subscription_refused(await a.subscribe(topics.device_down_filter(B), qos=1))
+        assert subscription_refused(await a.subscribe("#", qos=1))
+        assert subscription_refused(await a.subscribe(f"{topics.PREFIX}/+/up/#", qos=1))
+        assert not subscription_refused(await a.subscribe(topics.device_down_filter(A), qos=1))
 
-        server = fleet.server
+        server = fleet.client
         assert server is not None
         await server.publish(topics.down(B, "command"), b"for B only", qos=1)
         await server.publish(topics.down(A, "command"), b"for A", qos=1)
@@ -153,7 +108,7 @@ async def test_a_box_reaches_only_its_own_branches(secure: SecureBroker, fleet: 
     assert not [e for e in fleet.events if e.kind == "subscribe_outside_branch"]
 
 
-async def test_a_box_cannot_use_another_boxes_client_id(secure: SecureBroker, fleet: Watch) -> None:
+async def test_a_box_cannot_use_another_boxes_client_id(secure: SecureBroker, fleet: ServerWatch) -> None:
     async with device(secure, B) as b:
         with pytest.raises(aiomqtt.MqttError, match=r"[Nn]ot authori"):
             async with device(secure, A, client_id=B):
@@ -165,7 +120,7 @@ async def test_a_box_cannot_use_another_boxes_client_id(secure: SecureBroker, fl
     assert not any(e.kind == "session_takeover" for e in fleet.events)
 
 
-async def test_revoked_box_is_cut_off_within_seconds(secure: SecureBroker, fleet: Watch) -> None:
+async def test_revoked_box_is_cut_off_within_seconds(secure: SecureBroker, fleet: ServerWatch) -> None:
     a = device(secure, A)
     await a.__aenter__()
     try:
@@ -190,7 +145,7 @@ async def test_revoked_box_is_cut_off_within_seconds(secure: SecureBroker, fleet
     await fleet.wait_for("the refused reconnection", lambda: any(e.kind == "connect_refused" for e in fleet.events))
 
 
-async def test_rotation_and_idempotent_enrolment(secure: SecureBroker, fleet: Watch) -> None:
+async def test_rotation_and_idempotent_enrolment(secure: SecureBroker, fleet: ServerWatch) -> None:
     async with admin(secure) as dynsec:
         await dynsec.ensure_device(A, PASSWORDS[A])  # a re-run: no error, no second account
         await dynsec.set_password(A, "the-new-password-for-a")
@@ -208,7 +163,7 @@ async def test_rotation_and_idempotent_enrolment(secure: SecureBroker, fleet: Wa
             await dynsec.set_password(A, "x")
 
 
-async def test_tls_is_required_and_verified(secure: SecureBroker, fleet: Watch) -> None:
+async def test_tls_is_required_and_verified(secure: SecureBroker, fleet: ServerWatch) -> None:
     # A box that does not trust our CA (here: the system's default trust store) refuses the broker.
     with pytest.raises(aiomqtt.MqttError):
         async with device(secure, A, tls=ssl.create_default_context()):

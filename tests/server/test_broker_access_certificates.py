@@ -19,11 +19,16 @@ import aiomqtt
 import pytest
 
 from polewatch.fleet_server.broker_access import pki
-from polewatch.fleet_server.broker_access.broker_log import BrokerLogReader, SecurityEvent
 from polewatch.fleet_server.broker_access.dynsec import DynsecAdmin
-from polewatch.fleet_server.broker_access.policy import BROKER_LOG_TOPIC
 from polewatch.protocol import topics
-from support.secure_broker import SecureBroker, read_until_cut_off, start_secure_mosquitto
+from support.secure_broker import (
+    SecureBroker,
+    ServerWatch,
+    read_until_cut_off,
+    server_watch,
+    start_secure_mosquitto,
+    subscription_refused,
+)
 
 pytestmark = [pytest.mark.acl, pytest.mark.mqtt, pytest.mark.server]
 
@@ -68,34 +73,6 @@ def _admin(broker: SecureBroker) -> DynsecAdmin:
     return DynsecAdmin("127.0.0.1", broker.local_port, username=files.admin.username, password=files.admin.password)
 
 
-class Server:
-    """The fleet server's view: every up branch, and the broker's log read into security events."""
-
-    def __init__(self, client: aiomqtt.Client) -> None:
-        self.client = client
-        self.messages: list[tuple[str, bytes]] = []
-        self.events: list[SecurityEvent] = []
-        self._reader = BrokerLogReader()
-
-    async def run(self) -> None:
-        async for message in self.client.messages:
-            topic, payload = str(message.topic), bytes(message.payload or b"")
-            if topic.startswith("$SYS/broker/log/"):
-                event = self._reader.feed(topic, payload.decode(errors="replace"))
-                if event is not None:
-                    self.events.append(event)
-            else:
-                self.messages.append((topic, payload))
-
-    async def wait_for(self, what: str, check: object, timeout: float = 10.0) -> None:
-        assert callable(check)
-        deadline = asyncio.get_running_loop().time() + timeout
-        while not check():
-            if asyncio.get_running_loop().time() > deadline:
-                raise AssertionError(f"timed out waiting for {what}; events={self.events} messages={self.messages}")
-            await asyncio.sleep(0.05)
-
-
 @pytest.fixture
 async def boxes(secure: SecureBroker, tmp_path: Path) -> dict[str, Box]:
     async with _admin(secure) as dynsec:
@@ -106,31 +83,13 @@ async def boxes(secure: SecureBroker, tmp_path: Path) -> dict[str, Box]:
 
 
 @pytest.fixture
-async def server(secure: SecureBroker) -> AsyncIterator[Server]:
-    files = secure.files
-    async with aiomqtt.Client(
-        "127.0.0.1", secure.local_port, username=files.server.username, password=files.server.password,
-        identifier="polewatch-fleet-server-1",
-    ) as client:  # fmt: skip
-        await client.subscribe(topics.all_up(), qos=1)
-        await client.subscribe(BROKER_LOG_TOPIC, qos=0)
-        watch = Server(client)
-        task = asyncio.create_task(watch.run())
-        try:
-            yield watch
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
-                await task
-
-
-def _refused(granted: object) -> bool:
-    values = [getattr(g, "value", g) for g in granted]  # type: ignore[attr-defined]
-    return all(v == 0x80 for v in values)
+async def server(secure: SecureBroker) -> AsyncIterator[ServerWatch]:
+    async with server_watch(secure) as watch:
+        yield watch
 
 
 async def test_a_certificate_box_reaches_only_its_own_branches(
-    secure: SecureBroker, boxes: dict[str, Box], server: Server
+    secure: SecureBroker, boxes: dict[str, Box], server: ServerWatch
 ) -> None:
     async with _client(secure, boxes[A]) as a:
         await a.publish(topics.up(B, "detection"), b"forged by A", qos=1)
@@ -138,9 +97,9 @@ async def test_a_certificate_box_reaches_only_its_own_branches(
         await server.wait_for("A's own message", lambda: (topics.up(A, "detection"), b"from A") in server.messages)
         assert all(payload != b"forged by A" for _, payload in server.messages)  # same connection, came first
 
-        assert _refused(await a.subscribe(topics.device_down_filter(B), qos=1))
-        assert _refused(await a.subscribe("#", qos=1))
-        assert not _refused(await a.subscribe(topics.device_down_filter(A), qos=1))
+        assert subscription_refused(await a.subscribe(topics.device_down_filter(B), qos=1))
+        assert subscription_refused(await a.subscribe("#", qos=1))
+        assert not subscription_refused(await a.subscribe(topics.device_down_filter(A), qos=1))
         await server.client.publish(topics.down(B, "command"), b"for B only", qos=1)
         await server.client.publish(topics.down(A, "command"), b"for A", qos=1)
         received = []
@@ -152,7 +111,7 @@ async def test_a_certificate_box_reaches_only_its_own_branches(
 
 
 async def test_a_certificate_box_cannot_take_another_boxes_client_id(
-    secure: SecureBroker, boxes: dict[str, Box], server: Server
+    secure: SecureBroker, boxes: dict[str, Box], server: ServerWatch
 ) -> None:
     async with _client(secure, boxes[B]) as b:
         # A asks for B's client id; the listener replaces it with A's certificate name, so B's
@@ -168,7 +127,7 @@ async def test_a_certificate_box_cannot_take_another_boxes_client_id(
 
 
 async def test_a_revoked_certificate_is_cut_off_and_refused_at_the_handshake(
-    secure: SecureBroker, boxes: dict[str, Box], server: Server
+    secure: SecureBroker, boxes: dict[str, Box], server: ServerWatch
 ) -> None:
     a = _client(secure, boxes[A])
     await a.__aenter__()
@@ -185,11 +144,11 @@ async def test_a_revoked_certificate_is_cut_off_and_refused_at_the_handshake(
     # Before the broker has re-read the CRL the certificate still opens TLS, but the account has
     # no role left: nothing is allowed (Mosquitto 2.0.11 does not apply `disabled` to certificates).
     async with _client(secure, boxes[A]) as stale:
-        assert _refused(await stale.subscribe(topics.device_down_filter(A), qos=1))
+        assert subscription_refused(await stale.subscribe(topics.device_down_filter(A), qos=1))
     async with _admin(secure) as dynsec:  # reinstating gives the role back; revoke again for the CRL part
         await dynsec.reinstate(A)
         async with _client(secure, boxes[A]) as back:
-            assert not _refused(await back.subscribe(topics.device_down_filter(A), qos=1))
+            assert not subscription_refused(await back.subscribe(topics.device_down_filter(A), qos=1))
         await dynsec.revoke(A)
 
     ca = pki.CertificateAuthority.load(secure.files.ca_file, secure.files.directory / "ca.key")
@@ -209,4 +168,4 @@ async def test_a_revoked_certificate_is_cut_off_and_refused_at_the_handshake(
     await server.wait_for("the refused handshake", lambda: any(e.kind == "certificate_refused" for e in server.events))
     # B's certificate is not on the list and still works.
     async with _client(secure, boxes[B]) as b:
-        assert not _refused(await b.subscribe(topics.device_down_filter(B), qos=1))
+        assert not subscription_refused(await b.subscribe(topics.device_down_filter(B), qos=1))
