@@ -10,13 +10,14 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 from polewatch.agent.config import OutboxConfig
-from polewatch.agent.uplink.outbox import SEQ_RESERVE, Outbox, ledger_ranges
+from polewatch.agent.uplink.outbox import SEQ_RESERVE, Accepted, Outbox, ledger_ranges
 from polewatch.agent.uplink.priority import Priority
-from polewatch.protocol import GivenUpMessage, Presence
+from polewatch.protocol import GivenUpMessage, Presence, encode
 from support.filesystems import fill, small_tmpfs
 from support.outbox import alert, open_outbox, telemetry
 
@@ -56,22 +57,31 @@ async def test_evicted_numbers_are_in_the_ledger_reported_once_and_forgotten_aft
     # Runs of numbers are one row each (here telemetry splits the alerts' runs of three).
     assert len(ledger) <= 2 * status.evicted.telemetry + 2 < status.evicted.telemetry + status.evicted.alert
 
-    report = box.report_given_up(limit=1000)
-    assert report is not None and report.status == "stored"
-    assert isinstance(report.message, GivenUpMessage)
-    carried = {(r.first, r.last, r.priority, r.reason) for r in report.message.body.ranges}
-    assert carried == {(f, la, c, r) for f, la, c, r, _ in ledger}
-    marked = {(f, la, c, r) for f, la, c, r, rs in box.ledger() if rs == report.seq}
-    assert marked == carried, "every range carried is marked as carried"
-    # Storing the report at the cap gave up a few more: those wait for the next report.
+    # As many reports as the outbox's largest message allows (a 256 KiB outbox takes 36 KiB messages).
+    before = {(f, la, c, r) for f, la, c, r, _ in ledger}
+    reports: list[Accepted] = []
+    carried: set[tuple[int, int, str | None, str]] = set()
+    while not before <= carried:
+        report = box.report_given_up(limit=1000)
+        assert report is not None and report.status == "stored"
+        assert isinstance(report.message, GivenUpMessage)
+        assert len(encode(report.message)) <= box.limits.max_message
+        ranges = {(r.first, r.last, r.priority, r.reason) for r in report.message.body.ranges}
+        assert not ranges & carried, "a range is carried by one report"
+        marked = {(f, la, c, r) for f, la, c, r, rs in box.ledger() if rs == report.seq}
+        assert marked == ranges, "every range carried is marked as carried"
+        carried |= ranges
+        reports.append(report)
+    assert len(reports) > 1
+    # Storing the reports at the cap gave up a few more: those wait for the next report.
     fresh = [row for row in box.ledger() if row[4] is None]
     assert all(row[3] == "evicted" for row in fresh)
-    assert report.seq in {p.seq for p in box.take(1_000_000) if p.kind == "given_up"}
+    assert {r.seq for r in reports} <= {p.seq for p in box.take(1_000_000) if p.kind == "given_up"}
     second = box.report_given_up(limit=1000)
     assert (second is None) == (not fresh)
 
-    box.remove([report.seq])  # the broker acknowledged the first report: its ranges are done
-    assert not any(rs == report.seq for *_, rs in box.ledger())
+    box.remove([r.seq for r in reports])  # the broker acknowledged them: their ranges are done
+    assert not any(rs in {r.seq for r in reports} for *_, rs in box.ledger())
     if second is not None:
         box.remove([second.seq])
     assert all(rs is None for *_, rs in box.ledger())
@@ -179,3 +189,44 @@ async def _writable_again(box: Outbox, timeout: float = 15.0) -> None:
     while box.storage_state != "ok":
         assert time.monotonic() < deadline, "the outbox did not write again"
         await asyncio.sleep(0.05)
+
+
+def test_a_report_never_overtakes_a_message_queued_before_it(tmp_path: Path) -> None:
+    """The uplink reads new messages with a cursor per class (everything above the highest number it
+    has seen), so within a class a number must never reach the disk after a higher one: a message
+    committed behind a report that overtook it would wait for the next session."""
+    box = open_outbox(tmp_path / "outbox.db")
+    stop = threading.Event()
+
+    def produce(k: int) -> None:
+        n = 0
+        while not stop.is_set():
+            box.add(alert(1000 * k + n))
+            n += 1
+
+    def report() -> None:
+        while not stop.is_set():
+            box.stamp(Presence(state="online", agent_version="test", reason="connected"))  # a ledger entry
+            box.report_given_up()
+
+    threads = [threading.Thread(target=produce, args=(k,)) for k in range(3)] + [threading.Thread(target=report)]
+    for t in threads:
+        t.start()
+    cursor, seen, missed = -1, set(), set()
+    deadline = time.monotonic() + 3
+    try:
+        while time.monotonic() < deadline:
+            fresh = box.take(10_000, after={Priority.ALERT: cursor})
+            if fresh:
+                seen |= {p.seq for p in fresh}
+                cursor = max(cursor, *(p.seq for p in fresh))
+            stored = {p.seq for p in box.take(1_000_000) if p.priority == Priority.ALERT}
+            missed |= {s for s in stored if s < cursor and s not in seen}
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    reports = [p for p in box.take(1_000_000) if p.kind == "given_up"]
+    box.close()
+    assert len(reports) > 10 and len(seen) > 100, "the race must have had a chance"
+    assert not missed, f"{len(missed)} committed behind a higher number of their class, e.g. {sorted(missed)[:5]}"

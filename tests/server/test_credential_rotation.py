@@ -128,16 +128,21 @@ async def running(config: AgentConfig, *, produce: bool = True) -> AsyncIterator
             await asyncio.sleep(0.02)
 
     tasks = [asyncio.create_task(uplink.run()), asyncio.create_task(downlink.run())]
-    if produce:
-        tasks.append(asyncio.create_task(produce_forever()))
+    producer = asyncio.create_task(produce_forever()) if produce else None
     try:
         # Subscribed, not only connected: a command published before the SUBACK would not reach it.
         await wait_for(lambda: uplink.connected and uplink.subscriptions >= 1, 10, "the box connected and subscribed")
         yield box
+        if producer is not None:
+            # What the box accepted must reach the server before it stops: stop producing, let the
+            # session deliver the rest (what is still waiting would only go out on the next run).
+            producer.cancel()
+            await asyncio.gather(producer, return_exceptions=True)
+            await wait_for(lambda: outbox.pending_count() == 0, 30, "the box to deliver what it accepted")
     finally:
-        for task in tasks:
+        for task in [*tasks, *([producer] if producer else [])]:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, *([producer] if producer else []), return_exceptions=True)
         outbox.close()
 
 
@@ -161,6 +166,9 @@ async def all_stored(database: str, box: Box) -> None:
 
     try:
         await wait_for(lambda: not missing(), 30, "every accepted message stored by the server")
+    except AssertionError as exc:
+        gone = missing()
+        raise AssertionError(f"{exc}: {len(gone)} of {len(box.accepted)} missing, e.g. {sorted(gone)[:5]}") from None
     finally:
         engine.dispose()
 

@@ -15,6 +15,7 @@ duplicate is a second row for one message id, or for one (device, sequence numbe
 from __future__ import annotations
 
 import sqlite3
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -150,9 +151,24 @@ def settled(accepted: dict[str, int], db: Path, device: str) -> bool:
 
 
 def tally(
-    scenario: str, *, log: Path, db: Path, state_dir: Path, base: str, token: str, device: str = "pole-a"
+    scenario: str, *, log: Path, db: Path, state_dir: Path, base: str, token: str, device: str = "pole-a",
+    grace_s: float = 15.0,
 ) -> Tally:
-    """Count after the agent has stopped (its outbox is closed) and while the server still runs."""
+    """Count after the agent has stopped (its outbox is closed) and while the server still runs.
+
+    What the broker acknowledged just before the stop has left the outbox but may not be in the
+    server's database yet (its ingest commits in batches): a shortfall is counted again for up to
+    `grace_s` before it is reported, so only what stays missing is called lost.
+    """
+    deadline = time.monotonic() + grace_s
+    while True:
+        result = _count(scenario, log=log, db=db, state_dir=state_dir, base=base, token=token, device=device)
+        if (not result.lost and not result.unexplained_gaps) or time.monotonic() > deadline:
+            return result
+        time.sleep(0.5)
+
+
+def _count(scenario: str, *, log: Path, db: Path, state_dir: Path, base: str, token: str, device: str) -> Tally:
     accepted = agent_accepted(log)
     stored = stored_ids(db, device)
     given = server_given_up(db, device)

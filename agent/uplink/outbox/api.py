@@ -9,16 +9,16 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
-from polewatch.protocol import Body, V1Message, build, encode
+from polewatch.protocol import Body, V1Message, build
 
 from ...config import OutboxConfig
 from ..priority import Priority, priority_of
-from .commands import _Call, _Flush, _Put, _Remove, _Reply, _Stop
-from .errors import OutboxClosed, OutboxError, _StorageError
+from .commands import _Flush, _Remove, _Reply, _Report, _Stop
+from .errors import OutboxClosed, _StorageError
 from .ledger import REPORT_RANGES
 from .limits import _Limits
 from .reading import _Reading
-from .records import Accepted, Pending, row_cost
+from .records import Accepted, Pending
 from .status import _Status
 from .writer import _WriterThread
 
@@ -49,55 +49,6 @@ class Outbox(_WriterThread, _Reading, _Status):
         self._thread.start()
 
     # --- producers ------------------------------------------------------------------------------------
-
-    def _enqueue_put(
-        self, bodies: Sequence[Body], retain: bool, priority: Priority | None, reply: _Reply | None
-    ) -> None:
-        """Number, wrap and encode the messages, and queue them in sequence order (all or none)."""
-        if not bodies:
-            raise ValueError("nothing to put: no message bodies given")
-        created = int(self._clock())
-        device = self.device_id
-        with self._lock:
-            if self._closed:
-                raise OutboxClosed(f"the outbox {self.path} is closed")
-            first = self._next_seq
-            rows: list[Pending] = []
-            messages: list[V1Message] = []
-            try:
-                for offset, body in enumerate(bodies):
-                    if not isinstance(body, Body):
-                        raise TypeError(f"{type(body).__name__} is not a message body")
-                    try:
-                        message = build(body, device_id=device, seq=first + offset)
-                    except KeyError:
-                        raise TypeError(f"{type(body).__name__} is not a message kind the outbox can send") from None
-                    payload = encode(message)
-                    if len(payload) > self.limits.max_message:
-                        raise OutboxError(
-                            f"a {message.kind} message of {len(payload)} bytes is larger than the outbox takes "
-                            f"({self.limits.max_message} bytes with max_bytes={self.limits.max_bytes}); not queued"
-                        )
-                    kind = message.kind
-                    rows.append(
-                        Pending(
-                            message.seq,
-                            priority if priority is not None else priority_of(kind),
-                            message.id,
-                            kind,
-                            self._topic(kind),
-                            payload,
-                            retain,
-                            created,
-                            row_cost(payload, message.id, kind),
-                        )
-                    )
-                    messages.append(message)
-            except BaseException:
-                self._next_seq = first  # nothing was queued: no sequence number is used up
-                raise
-            self._next_seq = first + len(rows)
-            self._queue.put(_Put(rows, messages, reply))
 
     async def put(self, body: Body, *, retain: bool = False, priority: Priority | None = None) -> Accepted:
         """Queue one message; returns once it is committed to disk (or, if the disk fails, held)."""
@@ -238,13 +189,14 @@ class Outbox(_WriterThread, _Reading, _Status):
     def report_given_up(self, limit: int = REPORT_RANGES) -> Accepted | None:
         """Queue a `given_up` message with ledger ranges not yet reported; None when there are none
         (or the disk cannot be written now: the ranges wait in the ledger for the next call)."""
-        return self._call(lambda: self._report(limit))
+        reply = _Reply()
+        self._submit(_Report(limit, reply))
+        return _only(reply.result())
 
     async def report_given_up_async(self, limit: int = REPORT_RANGES) -> Accepted | None:
         reply = _Reply(asyncio.get_running_loop())
-        self._submit(_Call(lambda: self._report(limit), reply))
-        result: Accepted | None = await reply.wait()
-        return result
+        self._submit(_Report(limit, reply))
+        return _only(await reply.wait())
 
     def ledger(self) -> list[tuple[int, int, str | None, str, int | None]]:
         """The ledger as (first, last, class, reason, report_seq): for tests and people."""
@@ -284,3 +236,8 @@ class Outbox(_WriterThread, _Reading, _Status):
             self._queue.put(_Stop(reply))
         reply.result()
         self._thread.join(timeout=30)
+
+
+def _only(answer: list[Accepted] | None) -> Accepted | None:
+    """A report's answer: the commit's list of one, or None when there was nothing to report."""
+    return answer[0] if answer else None

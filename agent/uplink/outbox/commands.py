@@ -45,6 +45,8 @@ class _Put:
     rows: list[Pending]
     messages: list[V1Message]
     reply: _Reply | None
+    # A given_up message: the ledger rows it carries, marked as carried in the commit that stores it.
+    carries: list[int] | None = None
 
 
 @dataclass
@@ -73,11 +75,19 @@ class _Call:
 
 
 @dataclass
+class _Report:
+    """Queue a given_up message with the unreported ledger (answered once that message is committed)."""
+
+    limit: int
+    reply: _Reply
+
+
+@dataclass
 class _Stop:
     reply: _Reply
 
 
-_Command = _Put | _Remove | _Flush | _Read | _Call | _Stop
+_Command = _Put | _Remove | _Flush | _Read | _Call | _Report | _Stop
 
 
 def _settle(answers: list[tuple[_Reply, Any, BaseException | None]]) -> None:

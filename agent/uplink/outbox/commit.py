@@ -8,6 +8,7 @@ import contextlib
 import logging
 import sqlite3
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from ..priority import Priority
@@ -39,7 +40,7 @@ class _GroupCommit(_Storage, _Degraded, _Capacity, _Ledger):
             self._hold(rows, statuses)
         else:
             try:
-                statuses = self._write(rows)
+                statuses = self._write(rows, {p.rows[0].seq: p.carries for p in puts if p.carries})
             except _StorageError as exc:
                 self._degrade(exc)
                 self._hold(rows, statuses)
@@ -66,10 +67,10 @@ class _GroupCommit(_Storage, _Degraded, _Capacity, _Ledger):
                 except Exception:  # a listener's bug must not stop the writer
                     log.exception("outbox listener failed")
 
-    def _write(self, rows: list[Pending], report: tuple[int, list[int]] | None = None) -> dict[int, AcceptStatus]:
+    def _write(self, rows: list[Pending], reports: Mapping[int, list[int]] | None = None) -> dict[int, AcceptStatus]:
         """One transaction: acknowledged rows out, held and new rows in (making room), counters, and
-        the ledger of what was given up. `report`: (seq of a given_up message among `rows`, ledger
-        ids it carries), marked as carried if the message is stored."""
+        the ledger of what was given up. `reports`: seq of a given_up message among `rows` -> the
+        ledger ids it carries, marked as carried if the message is stored."""
         if self._conn is None:
             try:
                 self._conn = self._open()
@@ -98,9 +99,11 @@ class _GroupCommit(_Storage, _Degraded, _Capacity, _Ledger):
                 self._insert(conn, incoming, counts, evicted, statuses, given)
                 self._ledger_write(conn, given)
                 reserved = self._renew_reservation(conn)
-                if report is not None and statuses.get(report[0]) == "stored":
-                    conn.executemany("UPDATE given_up SET report_seq = ? WHERE id = ?",
-                                     [(report[0], i) for i in report[1]])
+                carried = {seq: ids for seq, ids in (reports or {}).items() if statuses.get(seq) == "stored"}
+                conn.executemany(
+                    "UPDATE given_up SET report_seq = ? WHERE id = ?",
+                    [(seq, i) for seq, ids in carried.items() for i in ids],
+                )
                 unsaved = {name: dict(self._unsaved[name]) for name in _COUNTERS}
                 for p, n in evicted.items():
                     unsaved["evicted"][p] += n
@@ -122,8 +125,7 @@ class _GroupCommit(_Storage, _Degraded, _Capacity, _Ledger):
             del self._ledger_new[:ledger_n]
         self._reports.difference_update(delivered_reports)
         self._reports.difference_update(seq for seq, _, _ in given)
-        if report is not None and statuses.get(report[0]) == "stored":
-            self._reports.add(report[0])
+        self._reports.update(carried)
         self._commits += 1
         self._counts = counts
         self._unsaved_seq = False

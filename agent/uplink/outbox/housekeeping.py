@@ -8,12 +8,11 @@ import contextlib
 import logging
 import sqlite3
 
-from polewatch.protocol import GivenUp, GivenUpRange, build, encode
+from polewatch.protocol import GivenUp, GivenUpRange
 
-from ..priority import Priority, priority_of
+from ..priority import Priority
 from .commit import _GroupCommit
-from .errors import _StorageError
-from .records import Accepted, AcceptStatus, Pending, _GivenUp, row_cost
+from .records import _GivenUp
 from .schema import _COUNTERS, _table, _zero
 
 log = logging.getLogger("polewatch.agent.outbox")
@@ -97,8 +96,12 @@ class _Housekeeping(_GroupCommit):
         log.info("outbox compacted", extra={"freed_pages": int(free), "live_bytes": live})
         return True
 
-    def _report(self, limit: int) -> Accepted | None:
-        """The writer thread's side of `report_given_up`."""
+    def _unreported(self, limit: int) -> tuple[GivenUp, list[int]] | None:
+        """The writer thread's side of `report_given_up`: the ledger ranges no report carries yet, as
+        a message body and the ledger rows it carries (None: nothing to report, or the disk is out).
+
+        The message is queued behind what producers queued already (see `_enqueue_put`), not written
+        here: a number taken now would be higher than theirs and reach the disk first."""
         if self._state != "ok":
             return None
         with self._lock:
@@ -122,25 +125,7 @@ class _Housekeeping(_GroupCommit):
                 for _, f, la, c, r in found
             ]
         )
-        with self._lock:
-            if self._closed:
-                return None
-            message = build(body, device_id=self.device_id, seq=self._next_seq)
-            self._next_seq += 1
-        payload = encode(message)
-        row = Pending(message.seq, priority_of(message.kind), message.id, message.kind, self._topic(message.kind),
-                      payload, False, int(self._clock()), row_cost(payload, message.id, message.kind))
-        statuses: dict[int, AcceptStatus] = {}
-        try:
-            statuses = self._write([row], report=(row.seq, [i for i, *_ in found]))
-        except _StorageError as exc:
-            # Held like any alert; its ranges stay unreported and go out again in a later report.
-            self._degrade(exc)
-            self._hold([row], statuses)
-        for listener in list(self._listeners):
-            with contextlib.suppress(Exception):
-                listener()
-        return Accepted(message, statuses.get(row.seq, "dropped"))
+        return body, [int(i) for i, *_ in found]
 
     def _shutdown(self) -> None:
         if self._held or self._removing:

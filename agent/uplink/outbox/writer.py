@@ -9,13 +9,17 @@ import asyncio
 import logging
 import queue
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
-from .commands import _Call, _Command, _Flush, _Put, _Read, _Remove, _Reply, _settle, _Stop
-from .errors import OutboxClosed
+from polewatch.protocol import Body, V1Message, build, encode
+
+from ..priority import Priority, priority_of
+from .commands import _Call, _Command, _Flush, _Put, _Read, _Remove, _Reply, _Report, _settle, _Stop
+from .errors import OutboxClosed, OutboxError
 from .housekeeping import _Housekeeping
 from .limits import DELETE_DELAY_S, MAX_BATCH_ROWS, PURGE_INTERVAL_S
+from .records import Pending, row_cost
 
 log = logging.getLogger("polewatch.agent.outbox")
 
@@ -30,6 +34,64 @@ class _WriterThread(_Housekeeping):
             if self._closed:
                 raise OutboxClosed(f"the outbox {self.path} is closed")
             self._queue.put(command)
+
+    def _enqueue_put(
+        self,
+        bodies: Sequence[Body],
+        retain: bool,
+        priority: Priority | None,
+        reply: _Reply | None,
+        carries: list[int] | None = None,
+    ) -> None:
+        """Number, wrap and encode the messages, and queue them in sequence order (all or none).
+
+        Numbering and queueing under one lock is what keeps the disk in sequence order within a class
+        (the uplink reads each class with a cursor): the writer thread queues its own reports this way.
+        """
+        if not bodies:
+            raise ValueError("nothing to put: no message bodies given")
+        created = int(self._clock())
+        device = self.device_id
+        with self._lock:
+            if self._closed:
+                raise OutboxClosed(f"the outbox {self.path} is closed")
+            first = self._next_seq
+            rows: list[Pending] = []
+            messages: list[V1Message] = []
+            try:
+                for offset, body in enumerate(bodies):
+                    if not isinstance(body, Body):
+                        raise TypeError(f"{type(body).__name__} is not a message body")
+                    try:
+                        message = build(body, device_id=device, seq=first + offset)
+                    except KeyError:
+                        raise TypeError(f"{type(body).__name__} is not a message kind the outbox can send") from None
+                    payload = encode(message)
+                    if len(payload) > self.limits.max_message:
+                        raise OutboxError(
+                            f"a {message.kind} message of {len(payload)} bytes is larger than the outbox takes "
+                            f"({self.limits.max_message} bytes with max_bytes={self.limits.max_bytes}); not queued"
+                        )
+                    kind = message.kind
+                    rows.append(
+                        Pending(
+                            message.seq,
+                            priority if priority is not None else priority_of(kind),
+                            message.id,
+                            kind,
+                            self._topic(kind),
+                            payload,
+                            retain,
+                            created,
+                            row_cost(payload, message.id, kind),
+                        )
+                    )
+                    messages.append(message)
+            except BaseException:
+                self._next_seq = first  # nothing was queued: no sequence number is used up
+                raise
+            self._next_seq = first + len(rows)
+            self._queue.put(_Put(rows, messages, reply, carries))
 
     def _read(self, fn: Callable[[], _T]) -> _T:
         reply = _Reply()
@@ -68,7 +130,7 @@ class _WriterThread(_Housekeeping):
             self._timers()
             return False
         writes: list[_Put | _Remove | _Flush] = []
-        calls: list[_Call] = []
+        calls: list[_Call | _Report] = []
         stop: _Stop | None = None
         rows = 0
         batch_bytes = 0
@@ -76,7 +138,7 @@ class _WriterThread(_Housekeeping):
         while True:
             if isinstance(command, _Read):
                 self._answer(command.reply, command.fn)
-            elif isinstance(command, _Call):
+            elif isinstance(command, (_Call, _Report)):
                 calls.append(command)
             elif isinstance(command, _Stop):
                 stop = command
@@ -115,13 +177,37 @@ class _WriterThread(_Housekeeping):
                 _settle([(w.reply, None, exc) for w in writes if w.reply is not None])
                 raise
         for call in calls:
-            self._answer(call.reply, call.fn)
+            if isinstance(call, _Report):
+                self._queue_report(call)
+            else:
+                self._answer(call.reply, call.fn)
         self._timers()
         if stop is not None:
             self._shutdown()
             _settle([(stop.reply, None, None)])
             return True
         return False
+
+    def _queue_report(self, command: _Report) -> None:
+        """A given_up message with what the ledger has not reported, queued like a producer's message;
+        its caller is answered when it is committed (at once with None when there is nothing)."""
+        limit = command.limit
+        try:
+            while (found := self._unreported(limit)) is not None:
+                body, carries = found
+                try:
+                    self._enqueue_put([body], False, None, command.reply, carries)
+                    return
+                except OutboxError:
+                    if len(carries) == 1:
+                        raise
+                    limit = len(carries) // 2  # more ranges than one message may carry in a small outbox
+        except OutboxClosed:
+            pass  # closing: the ranges stay in the ledger for the next run
+        except Exception as exc:  # a bug or an odd disk: the caller gets the error, the writer lives on
+            _settle([(command.reply, None, exc)])
+            return
+        _settle([(command.reply, None, None)])
 
     def _answer(self, reply: _Reply, fn: Callable[[], Any]) -> None:
         try:
