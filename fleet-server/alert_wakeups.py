@@ -18,12 +18,13 @@ only the rows, so a spurious or repeated wake-up costs one cheap query and sends
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from typing import Any
 
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
+
+from polewatch.waiting import wait_event
 
 from . import alerts
 from .feed import Feed, FeedItem
@@ -66,8 +67,7 @@ class AlertWakeups:
         )
         try:
             while True:
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(self._nudge.wait(), self._poll_s)
+                await wait_event(self._nudge, self._poll_s)
                 self._nudge.clear()
                 try:
                     await self._check()

@@ -18,6 +18,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from polewatch.waiting import wait_event
+
 DEFAULT_BUFFER = 1000
 
 
@@ -56,11 +58,8 @@ class Subscription:
 
     async def next_batch(self, timeout: float | None = None) -> list[FeedItem]:
         """What arrived since the last call; waits for at least one item or the end."""
-        if not self._items and not self.ended:
-            try:
-                await asyncio.wait_for(self._wake.wait(), timeout)
-            except asyncio.TimeoutError:
-                return []
+        if not self._items and not self.ended and not await wait_event(self._wake, timeout):
+            return []
         self._wake.clear()
         items = list(self._items)
         self._items.clear()

@@ -34,6 +34,7 @@ from datetime import datetime, timezone
 import aiomqtt
 
 from polewatch.protocol import CORE_KINDS, KINDS, MessageError, V1Message, decode, topics
+from polewatch.waiting import wait_event
 
 from .feed import Feed, FeedItem
 from .schemas import IngestStatsOut
@@ -125,7 +126,8 @@ class Ingest:
 
     async def wait_connected(self, timeout: float | None = None) -> None:
         """Until the ingest is connected and subscribed (for tests and readiness)."""
-        await asyncio.wait_for(self._connected.wait(), timeout)
+        if not await wait_event(self._connected, timeout):
+            raise TimeoutError(f"the ingest did not connect and subscribe within {timeout} s")
 
     def close(self) -> None:
         """Let a write in progress finish (it will not be acked; the broker redelivers it)."""

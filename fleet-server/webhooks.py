@@ -15,7 +15,6 @@ conditioned on the value it read, so two replicas never send the same attempt.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import hmac
 import json
@@ -28,6 +27,8 @@ import httpx
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
+
+from polewatch.waiting import wait_event
 
 from . import cap
 from .alert_schemas import AlertOut
@@ -132,8 +133,7 @@ class Dispatcher:
                     jobs = []
                 if not jobs:
                     self._wake.clear()
-                    with contextlib.suppress(asyncio.TimeoutError):
-                        await asyncio.wait_for(self._wake.wait(), POLL_S)
+                    await wait_event(self._wake, POLL_S)
 
     async def _send(self, client: httpx.AsyncClient, job: Job) -> None:
         timestamp = str(int(time.time()))

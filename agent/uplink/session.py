@@ -32,6 +32,7 @@ from typing import Any
 import aiomqtt
 
 from polewatch.protocol import Presence, encode, topics
+from polewatch.waiting import wait_done, wait_event
 
 from ..config import MqttConfig
 from .outbox import Outbox, OutboxError, Pending
@@ -170,10 +171,7 @@ class Uplink:
             return True
         waiter = self._sent_waiters.setdefault(seq, asyncio.get_running_loop().create_future())
         try:
-            await asyncio.wait_for(asyncio.shield(waiter), timeout)
-            return True
-        except (asyncio.TimeoutError, TimeoutError):
-            return False
+            return await wait_done(waiter, timeout)  # the shared waiter is never cancelled
         finally:
             self._sent_waiters.pop(seq, None)
 
@@ -313,8 +311,7 @@ class Uplink:
                 self.connected = False
                 self.replaying = False
             if self._next_config is None:
-                with contextlib.suppress(asyncio.TimeoutError, TimeoutError):  # a switch cuts the wait short
-                    await asyncio.wait_for(self._switch_now.wait(), delay)
+                await wait_event(self._switch_now, delay)  # a switch cuts the wait short
 
     async def _leave(self, client: aiomqtt.Client) -> None:
         """Before a switch: a retained `offline` presence on the old broker (a clean disconnect sends no will)."""
@@ -359,8 +356,7 @@ class Uplink:
             # A switch: no worker starts a publish any more; those in flight get their acks first, so
             # nothing is sent to both brokers.
             if self._publishing:
-                with contextlib.suppress(asyncio.TimeoutError, TimeoutError):
-                    await asyncio.wait_for(self._none_publishing.wait(), PUBLISH_TIMEOUT_S)
+                await wait_event(self._none_publishing, PUBLISH_TIMEOUT_S)
             for task in workers:
                 error = task.exception() if task.done() and not task.cancelled() else None
                 if error is not None:
@@ -460,8 +456,7 @@ class _Picker:
         unpaced = self.bucket.rate is None
         while True:
             if self.uplink._next_config is not None:
-                # Switching brokers. Checked on every turn: asyncio.wait_for before Python 3.12 may swallow
-                # the cancellation of a worker woken at that moment, and such a worker must still end.
+                # Switching brokers: checked on every turn, so a worker busy with a backlog ends too.
                 raise _Switching()
             if self.live:
                 return self.live.popleft(), False
@@ -480,13 +475,11 @@ class _Picker:
                         return self.backlog.popleft(), True
                     if delay > 0:
                         # Paced: sleep, but wake early for a live message.
-                        with contextlib.suppress(asyncio.TimeoutError, TimeoutError):
-                            await asyncio.wait_for(wake.wait(), timeout=delay)
+                        await wait_event(wake, delay)
                 continue
             # Nothing to send: hand over the acknowledgements, wait for news (or look again in 5 s).
             self.flush_acks()
-            with contextlib.suppress(asyncio.TimeoutError, TimeoutError):
-                await asyncio.wait_for(wake.wait(), timeout=5.0)
+            await wait_event(wake, 5.0)
             wake.set()
 
     async def _read(self) -> None:

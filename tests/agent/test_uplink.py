@@ -117,3 +117,32 @@ async def test_wrong_password_keeps_retrying_without_crashing(broker: BrokerProc
         assert await _wait_for(lambda: uplink.reconnects >= 2, 10)
         assert not uplink.connected
     assert outbox.pending_count() == 1, "a refused login loses nothing"
+
+
+async def test_the_session_stops_when_cancelled_as_its_wake_up_arrives(
+    mosquitto_broker: BrokerProcess, tmp_path: Path
+) -> None:
+    # A commit wakes the drain at any moment, and a stop can come at that same moment. asyncio.wait_for
+    # before Python 3.12 then returns instead of raising the cancellation, and a session that carries
+    # on hangs the agent's shutdown (CI: a test stuck for 10 minutes). Both loops of the session are
+    # hit: the drain waiting for news (connected) and the wait between reconnects (broker gone).
+    outbox = Outbox(tmp_path / "outbox.db", "pole-a")
+    uplink = Uplink(_config(mosquitto_broker), outbox, device_id="pole-a", agent_version="test")
+
+    async def cancel_as_it_wakes(task: asyncio.Task[None], wake: asyncio.Event, where: str) -> None:
+        wake.set()
+        task.cancel()
+        done, _ = await asyncio.wait({task}, timeout=10)
+        assert done, f"the session did not stop when cancelled ({where})"
+
+    task = asyncio.create_task(uplink.run())
+    assert await _wait_for(lambda: uplink.connected, 10)
+    await asyncio.sleep(0.3)  # drained: every worker waits for news
+    await cancel_as_it_wakes(task, uplink._wake, "connected, waiting for news")
+
+    mosquitto_broker.kill()
+    task = asyncio.create_task(uplink.run())
+    assert await _wait_for(lambda: uplink.reconnects >= 1, 15)
+    await asyncio.sleep(0.1)  # between two attempts, waiting out the backoff
+    await cancel_as_it_wakes(task, uplink._switch_now, "waiting to reconnect")
+    outbox.close()
