@@ -53,9 +53,13 @@ def listener_config(host: str, port: int, tls: ListenerTls | None) -> dict[str, 
 async def serve(host: str, port: int, password_file: Path, sessions_db: Path, tls: ListenerTls | None = None) -> None:
     from amqtt.broker import Broker  # imported here: amqtt is only in the demo extra
 
+    from polewatch import broker_gate
+
     config = {
         "listeners": {"default": listener_config(host, port, tls)},
         "plugins": {
+            # First: no client gets a session before the saved ones are back (see broker_gate).
+            "polewatch.broker_gate.StartupGate": {},
             "amqtt.plugins.authentication.FileAuthPlugin": {"password_file": str(password_file)},
             # Sessions and subscriptions survive a crash of the broker. Without this a restarted
             # broker has forgotten the server's subscription, and whatever a pole replays before the
@@ -68,6 +72,7 @@ async def serve(host: str, port: int, password_file: Path, sessions_db: Path, tl
     }
     broker = Broker(config)
     await broker.start()
+    broker_gate.STARTED.set()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
