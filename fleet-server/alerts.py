@@ -27,7 +27,6 @@ from sqlalchemy.orm import Session
 from polewatch.protocol import CameraHealthMessage, DetectionMessage, RuleEventMessage, V1Message
 
 from . import audit, routing
-from .alert_schemas import AlertChangeOut, AlertOut, StepOut
 from .models import Agency, Alert, AlertStep, Delivery
 
 STEP_LOCK = 0x504F4C45  # "POLE": the advisory lock that keeps step ids in commit order (PostgreSQL)
@@ -116,9 +115,10 @@ class _Candidate:
 
 def raise_many(
     session: Session, messages: Sequence[tuple[V1Message, datetime]], tz: ZoneInfo
-) -> list[AlertChangeOut | None]:
-    """The alerts a batch of edge messages raise, routed, each with its `created` step, in order
-    (None for a message that raises none).
+) -> list[int | None]:
+    """The alerts a batch of edge messages raise, routed, each with its `created` step; returns, in
+    order, the id of each new `created` step (None for a message that raises none): the alert
+    stream's cursor, which reads the rest from the database (alerts_stream.py).
 
     Called by the store in the transaction that stored the messages, after their dedup, so a
     redelivered message raises nothing twice (and the alert's UNIQUE message_id says so too).
@@ -158,16 +158,7 @@ def raise_many(
     ]  # fmt: skip
     returning_steps = insert(step_table).returning(step_table.c.alert_id, step_table.c.id)
     step_ids: dict[int, int] = {alert_id: row_id for alert_id, row_id in session.execute(returning_steps, steps)}
-    by_alert = {step["alert_id"]: step for step in steps}
-    out: list[AlertChangeOut | None] = []
-    for made in rows:
-        if made is None:
-            out.append(None)
-            continue
-        alert_id = ids[made["message_id"]]
-        step = StepOut(id=step_ids[alert_id], **by_alert[alert_id])
-        out.append(AlertChangeOut(step=step, alert=AlertOut(id=alert_id, **made)))
-    return out
+    return [None if made is None else step_ids[ids[made["message_id"]]] for made in rows]
 
 
 def advance(

@@ -324,9 +324,13 @@ class Ingest:
             log.debug("duplicate message", extra={"message_id": msg.id, "device_id": msg.device_id})
             return
         self.stats.accepted_by_kind[msg.kind] += 1
+        if not self._feed.subscribers:
+            return  # nobody follows a live stream: no JSON for nobody (a stream opened later reads the database)
         if outcome.device is not None:
             self._feed.publish(FeedItem("device", outcome.device.model_dump(mode="json")))
         if outcome.event is not None:
             self._feed.publish(FeedItem("detection", outcome.event.model_dump(mode="json"), outcome.event.id))
-        if outcome.alert is not None:
-            self._feed.publish(FeedItem("alert", outcome.alert.model_dump(mode="json"), outcome.alert.step.id))
+        if outcome.alert_step is not None:
+            # A nudge with the step's id: the alert stream reads the alert from the database, as it
+            # does for a step another replica stored (alert_wakeups.py).
+            self._feed.publish(FeedItem("alert", {"device_id": msg.device_id}, outcome.alert_step))

@@ -44,7 +44,6 @@ from polewatch.protocol import (
 )
 
 from . import alerts, config_store
-from .alert_schemas import AlertChangeOut
 from .models import (
     Alert,
     AlertSnapshot,
@@ -88,7 +87,7 @@ class Outcome:
     error: str | None = None
     event: EventOut | None = None
     device: DeviceOut | None = None
-    alert: AlertChangeOut | None = None  # the alert this message raised, for the alert stream
+    alert_step: int | None = None  # the `created` step of the alert this message raised (alert stream)
 
 
 def _clip(value: str | None, length: int) -> str | None:
@@ -158,7 +157,7 @@ class Store:
             changes = alerts.raise_many(session, [(batch[i].message, batch[i].received_at) for i in raising], self._tz)
             for index, change in zip(raising, changes, strict=True):
                 if change is not None:
-                    outcomes[index] = replace(outcomes[index], alert=change)
+                    outcomes[index] = replace(outcomes[index], alert_step=change)
         note_received_many(
             session,
             [
