@@ -115,10 +115,10 @@ class _Candidate:
 
 def raise_many(
     session: Session, messages: Sequence[tuple[V1Message, datetime]], tz: ZoneInfo
-) -> list[int | None]:
+) -> list[bool]:
     """The alerts a batch of edge messages raise, routed, each with its `created` step; returns, in
-    order, the id of each new `created` step (None for a message that raises none): the alert
-    stream's cursor, which reads the rest from the database (alerts_stream.py).
+    order, whether each message raised one (the alert stream then reads them from the database,
+    alerts_stream.py).
 
     Called by the store in the transaction that stored the messages, after their dedup, so a
     redelivered message raises nothing twice (and the alert's UNIQUE message_id says so too).
@@ -141,7 +141,7 @@ def raise_many(
         )  # fmt: skip
     raised = [row for row in rows if row is not None]
     if not raised:
-        return [None] * len(rows)
+        return [False] * len(rows)
     rules = routing.load(session)
     for new in raised:
         candidate = _Candidate(new["event_type"], new["rule_id"], new["device_id"], new["occurred_at"])
@@ -156,9 +156,8 @@ def raise_many(
          "actor": f"edge:{row['device_id']}"[:120], "agency_id": row["routed_agency_id"], "note": None, "at": now}
         for row in raised
     ]  # fmt: skip
-    returning_steps = insert(step_table).returning(step_table.c.alert_id, step_table.c.id)
-    step_ids: dict[int, int] = {alert_id: row_id for alert_id, row_id in session.execute(returning_steps, steps)}
-    return [None if made is None else step_ids[ids[made["message_id"]]] for made in rows]
+    session.execute(insert(step_table), steps)  # no RETURNING: one executemany
+    return [made is not None for made in rows]
 
 
 def advance(

@@ -272,6 +272,10 @@ class Ingest:
         self.stats.batched += len(to_store)
         for item, outcome in zip(to_store, outcomes, strict=True):
             self._count_and_publish(item, outcome)
+        if any(o.raised_alert for o in outcomes) and self._feed.subscribers:
+            # One nudge for the batch: the alert stream reads the new alerts from the database, as it
+            # does for steps another replica stored (alert_wakeups.py).
+            self._feed.publish(FeedItem("alert", {}))
 
     @staticmethod
     def _unstored_kind(topic: str, payload: bytes, exc: Exception) -> V1Message | None:
@@ -330,7 +334,4 @@ class Ingest:
             self._feed.publish(FeedItem("device", outcome.device.model_dump(mode="json")))
         if outcome.event is not None:
             self._feed.publish(FeedItem("detection", outcome.event.model_dump(mode="json"), outcome.event.id))
-        if outcome.alert_step is not None:
-            # A nudge with the step's id: the alert stream reads the alert from the database, as it
-            # does for a step another replica stored (alert_wakeups.py).
-            self._feed.publish(FeedItem("alert", {"device_id": msg.device_id}, outcome.alert_step))
+

@@ -87,7 +87,7 @@ class Outcome:
     error: str | None = None
     event: EventOut | None = None
     device: DeviceOut | None = None
-    alert_step: int | None = None  # the `created` step of the alert this message raised (alert stream)
+    raised_alert: bool = False  # for the alert stream
 
 
 def _clip(value: str | None, length: int) -> str | None:
@@ -155,9 +155,9 @@ class Store:
             outcomes.append(outcome)
         if raising:
             changes = alerts.raise_many(session, [(batch[i].message, batch[i].received_at) for i in raising], self._tz)
-            for index, change in zip(raising, changes, strict=True):
-                if change is not None:
-                    outcomes[index] = replace(outcomes[index], alert_step=change)
+            for index, raised in zip(raising, changes, strict=True):
+                if raised:
+                    outcomes[index] = replace(outcomes[index], raised_alert=True)
         note_received_many(
             session,
             [
