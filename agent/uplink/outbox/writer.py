@@ -198,6 +198,8 @@ class _WriterThread(_Housekeeping):
                 try:
                     self._enqueue_put([body], False, None, command.reply, carries)
                     return
+                except OutboxClosed:
+                    raise
                 except OutboxError:
                     if len(carries) == 1:
                         raise
