@@ -157,6 +157,12 @@ def raise_many(
         for row in raised
     ]  # fmt: skip
     session.execute(insert(step_table), steps)  # no RETURNING: one executemany
+    if session.get_bind().dialect.name == "postgresql":
+        # Other replicas' alert streams wake at our commit (alert_wakeups.py), as for any step (`_step`):
+        # one NOTIFY for the batch, with its newest step id (ours: the step lock is held).
+        session.execute(
+            text("SELECT pg_notify(:channel, (SELECT max(id) FROM alert_steps)::text)"), {"channel": STEP_CHANNEL}
+        )
     return [made is not None for made in rows]
 
 

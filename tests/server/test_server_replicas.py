@@ -15,6 +15,7 @@ from sqlalchemy import func, select
 
 from polewatch.fleet_server.ingest import subscription_filters
 from polewatch.fleet_server.models import Device, Event, PresenceChange
+from support import postgres
 from support.brokers import BrokerProcess
 from support.server import (
     RunningIngest,
@@ -183,6 +184,35 @@ async def test_an_alert_stored_by_one_replica_reaches_a_console_on_the_other_exa
             assert step.status_code == 200
             (ack,) = await _alerts_from(events, 1)
             assert ack["step"]["step"] == "acknowledge" and ack["id"] == step.json()["step"]["id"]
+
+
+@pytest.mark.postgres
+async def test_alerts_the_ingest_stores_wake_the_other_replicas_streams_at_once(
+    mosquitto_broker: BrokerProcess, postgres_server: postgres.PostgresServer
+) -> None:
+    """On PostgreSQL a replica's console hears of another replica's alerts through NOTIFY, not its
+    poll. Replica B has no broker here and polls once a minute, so only a NOTIFY at A's commit can
+    bring A's alerts to B's stream within the wait (the batched ingest once stored alerts without one,
+    and every cross-replica alert took the whole poll)."""
+    database = postgres_server.create_database()
+    admin = bearer(add_token(database, "admin", "notify"))
+    async with (
+        live_server(settings_for(mosquitto_broker, database, mqtt_client_id="fleet-notify-a", alert_poll_s=60)) as a,
+        live_server(settings_for(None, database, mqtt_client_id="fleet-notify-b", alert_poll_s=60)) as b,
+        httpx.AsyncClient(base_url=a, timeout=10, headers=admin) as http_a,
+        httpx.AsyncClient(base_url=b, timeout=httpx.Timeout(10, read=30), headers=admin) as http_b,
+        pole(mosquitto_broker, "pole-a") as pa,
+    ):
+        await wait_for(lambda: _connected(http_a), what="replica A's ingest to connect")
+        live = [detection("pole-a", event_id=f"n{i}") for i in range(5)]
+        async with http_b.stream("GET", "api/alerts/stream") as response:
+            events = sse_events(response.aiter_lines())
+            for message in live:
+                await pa.send(message)
+                await asyncio.sleep(0.2)  # one batch each: each needs its own wake-up
+            got = await _alerts_from(events, len(live), timeout=10)
+        assert sorted(g["alert"]["message_id"] for g in got) == sorted(m.id for m in live)
+    postgres_server.drop_database(database)
 
 
 async def _connected(http: httpx.AsyncClient) -> bool:
