@@ -17,8 +17,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import logging
 import signal
+import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,25 +43,26 @@ class ListenerTls:
     ca_file: Path | None = None  # verifies a client certificate when one is presented
 
 
-def listener_config(host: str, port: int, tls: ListenerTls | None) -> dict[str, object]:
-    listener: dict[str, object] = {"type": "tcp", "bind": f"{host}:{port}"}
-    if tls is not None:
-        listener |= {"ssl": True, "certfile": str(tls.cert_file), "keyfile": str(tls.key_file)}
-        if tls.ca_file is not None:
-            listener["cafile"] = str(tls.ca_file)
-    return listener
+def listener_config(host: str, port: int) -> dict[str, object]:
+    """An "external" listener: amqtt registers it but opens no socket; `serve` opens it (see there)."""
+    return {"type": "external", "bind": f"{host}:{port}"}
+
+
+def server_tls(tls: ListenerTls) -> ssl.SSLContext:
+    """What amqtt itself makes for a TLS listener: the broker's certificate, client certificates
+    verified against the CA when presented."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(tls.ca_file) if tls.ca_file else None)
+    context.load_cert_chain(str(tls.cert_file), str(tls.key_file))
+    context.verify_mode = ssl.CERT_OPTIONAL
+    return context
 
 
 async def serve(host: str, port: int, password_file: Path, sessions_db: Path, tls: ListenerTls | None = None) -> None:
     from amqtt.broker import Broker  # imported here: amqtt is only in the demo extra
 
-    from polewatch import broker_gate
-
     config = {
-        "listeners": {"default": listener_config(host, port, tls)},
+        "listeners": {"default": listener_config(host, port)},
         "plugins": {
-            # First: no client gets a session before the saved ones are back (see broker_gate).
-            "polewatch.broker_gate.StartupGate": {},
             "amqtt.plugins.authentication.FileAuthPlugin": {"password_file": str(password_file)},
             # Sessions and subscriptions survive a crash of the broker. Without this a restarted
             # broker has forgotten the server's subscription, and whatever a pole replays before the
@@ -72,13 +75,21 @@ async def serve(host: str, port: int, password_file: Path, sessions_db: Path, tl
     }
     broker = Broker(config)
     await broker.start()
-    broker_gate.STARTED.set()
+    # The port opens only now. amqtt opens its own listeners before the session plugin restores the
+    # saved sessions; a client (the fleet server retries the moment the port answers) that connected
+    # in between got a new session while its restored subscription stayed on the restored, offline
+    # one: "already subscribed", and every message for it queued there, never delivered.
+    server = await asyncio.start_server(
+        functools.partial(broker.stream_connected, listener_name="default"), host, port, reuse_address=True,
+        ssl=server_tls(tls) if tls is not None else None,
+    )  # fmt: skip
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     print(f"embedded broker listening on {host}:{port} ({'TLS' if tls else 'plain MQTT'})", flush=True)
     await stop.wait()
+    server.close()
     with contextlib.suppress(Exception):
         await asyncio.wait_for(broker.shutdown(), timeout=5)
 
