@@ -81,12 +81,14 @@ def test_reads_mjpeg_at_the_camera_rate_and_grades_it(
     assert first.image.shape == (576, 768, 3)
     assert source.kind == "http"
     assert source.state == "connected"
-    wait_for(lambda: source.fps() > 0.8 * FPS, 8.0, "the camera's rate")
-    assert source.fps() < 1.25 * FPS
+    # The grade reads the rate over the last few seconds, which a loaded machine can dip below the
+    # `good` threshold for a moment; what must hold is that a camera at its rate reaches `good`.
+    wait_for(lambda: camera_status(source).quality == "good", 10.0, "the grade 'good'")
+    rate = source.fps()
+    assert 0.8 * FPS < rate < 1.25 * FPS, f"{rate:.1f} fps from a {FPS:.0f} fps camera"
     status = camera_status(source)
     assert status.source == "http"
     assert status.state == "connected"
-    assert status.quality == "good"
     assert status.expected_fps == FPS
     assert (status.reconnects_1h, status.stalls_1h, status.error) == (0, 0, None)
 
