@@ -21,13 +21,14 @@ from datetime import datetime, timezone
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Table, insert, select, text
+from sqlalchemy import ColumnElement, Table, Text, bindparam, cast, insert, literal, literal_column, select, text
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Session
 
 from polewatch.protocol import CameraHealthMessage, DetectionMessage, RuleEventMessage, V1Message
 
 from . import audit, routing
-from .models import Agency, Alert, AlertStep, Delivery
+from .models import Agency, Alert, AlertStep, Delivery, UtcDateTime
 
 STEP_LOCK = 0x504F4C45  # "POLE": the advisory lock that keeps step ids in commit order (PostgreSQL)
 STEP_CHANNEL = "polewatch_alert_steps"  # NOTIFY'd with each step id; delivered at commit (alert_wakeups.py)
@@ -103,6 +104,12 @@ def _fields(message: V1Message) -> dict[str, object] | None:
     return None
 
 
+def _json_text(session: Session, name: str) -> ColumnElement[Any]:
+    """A bound parameter `name` for a JSON column that takes text already serialised."""
+    param = bindparam(name, type_=Text())
+    return cast(param, JSONB) if session.get_bind().dialect.name == "postgresql" else param
+
+
 @dataclass(frozen=True)
 class _Candidate:
     """What routing looks at, before the alert has a row."""
@@ -122,9 +129,9 @@ def raise_many(
 
     Called by the store in the transaction that stored the messages, after their dedup, so a
     redelivered message raises nothing twice (and the alert's UNIQUE message_id says so too).
-    The routing rules are read once for the batch, and the alerts, then their steps, go in with
-    one multi-row INSERT ... RETURNING each (Core, not ORM objects: on SQLite the ORM inserts
-    row by row to keep RETURNING in order, and per alert that was most of the ingest's time).
+    The routing rules are read once for the batch; the alerts go in with one executemany and their
+    steps with one INSERT ... SELECT (Core, not ORM objects: on SQLite the ORM inserts row by row
+    to keep RETURNING in order, and per alert that was most of the ingest's time).
     """
     now = datetime.now(timezone.utc)
     rows: list[dict[str, Any] | None] = []
@@ -135,7 +142,7 @@ def raise_many(
             if fields is None
             else {
                 "message_id": message.id, "device_id": message.device_id, "received_at": received_at,
-                "detail": message.body.model_dump(mode="json"), "status": "new", "updated_at": received_at,
+                "detail_json": message.body.model_dump_json(), "status": "new", "updated_at": received_at,
                 "agency_id": None, **fields,
             }
         )  # fmt: skip
@@ -148,15 +155,22 @@ def raise_many(
         new["routed_agency_id"] = routing.choose_from(rules, candidate, tz)
     alert_table: Table = Alert.__table__  # type: ignore[assignment]
     step_table: Table = AlertStep.__table__  # type: ignore[assignment]
-    returning_ids = insert(alert_table).returning(alert_table.c.message_id, alert_table.c.id)
-    ids: dict[str, int] = {message_id: row_id for message_id, row_id in session.execute(returning_ids, raised)}
+    # No RETURNING: one executemany. The body goes in as the JSON pydantic writes, not as a dict
+    # for the JSON type to serialise again (a tenth of the ingest's time, bench/ingest.py).
+    session.execute(insert(alert_table).values(detail=_json_text(session, "detail_json")), raised)
     _lock_steps(session)
-    steps = [
-        {"alert_id": ids[row["message_id"]], "step": "created", "status": row["status"],
-         "actor": f"edge:{row['device_id']}"[:120], "agency_id": row["routed_agency_id"], "note": None, "at": now}
-        for row in raised
-    ]  # fmt: skip
-    session.execute(insert(step_table), steps)  # no RETURNING: one executemany
+    # Each new alert's `created` step, made from its row by the database: no ids travel back to
+    # Python and no step row is bound value by value. In alert id order, so step ids follow alert ids.
+    a = alert_table.c
+    session.execute(
+        insert(step_table).from_select(
+            ["alert_id", "step", "status", "actor", "agency_id", "at"],
+            select(a.id, literal_column("'created'"), a.status, literal_column("'edge:'") + a.device_id,
+                   a.routed_agency_id, literal(now, UtcDateTime()))
+            .where(a.message_id.in_([row["message_id"] for row in raised]))
+            .order_by(a.id),
+        )
+    )  # fmt: skip
     if session.get_bind().dialect.name == "postgresql":
         # Other replicas' alert streams wake at our commit (alert_wakeups.py), as for any step (`_step`):
         # one NOTIFY for the batch, with its newest step id (ours: the step lock is held).

@@ -33,13 +33,13 @@ from datetime import datetime, timezone
 
 import aiomqtt
 
-from polewatch.protocol import CORE_KINDS, KINDS, MessageError, V1Message, decode, topics
+from polewatch.protocol import CORE_KINDS, KINDS, DetectionMessage, MessageError, V1Message, decode, topics
 from polewatch.waiting import wait_event
 
 from .feed import Feed, FeedItem
 from .schemas import IngestStatsOut
 from .settings import Settings
-from .store import Outcome, Received, Store, TransientStoreError
+from .store import Outcome, Received, Store, TransientStoreError, event_out
 
 log = logging.getLogger(__name__)
 
@@ -332,6 +332,7 @@ class Ingest:
             return  # nobody follows a live stream: no JSON for nobody (a stream opened later reads the database)
         if outcome.device is not None:
             self._feed.publish(FeedItem("device", outcome.device.model_dump(mode="json")))
-        if outcome.event is not None:
-            self._feed.publish(FeedItem("detection", outcome.event.model_dump(mode="json"), outcome.event.id))
+        if outcome.event_row is not None and isinstance(msg, DetectionMessage):
+            event = event_out(outcome.event_row, msg, item.received_at)
+            self._feed.publish(FeedItem("detection", event.model_dump(mode="json"), event.id))
 

@@ -15,7 +15,7 @@ import sqlalchemy as sa
 
 from polewatch.fleet_server.db import make_engine
 from polewatch.fleet_server.models import AuditEntry
-from polewatch.protocol import Box, RuleEvent, build
+from polewatch.protocol import Box, Detection, RuleEvent, build
 from support.brokers import BrokerProcess
 from support.server import (
     add_token,
@@ -78,8 +78,9 @@ async def test_edge_events_become_routed_alerts_that_operators_take_through_thei
                      {"agency_id": cleaning["id"], "event_type": "detection:*", "position": 2}):  # fmt: skip
             assert (await http.post("api/routing-rules", json=rule)).status_code == 201
 
+        started = detection(label="person", event_id="d1")
         async with pole(broker) as pa:
-            await pa.send(detection(label="person", event_id="d1"))
+            await pa.send(started)
             await pa.send(detection(label="person", event_id="d1", phase="update"))  # no second alert
             await pa.send(build(zone_enter(), device_id="pole-a", seq=900))
             await pa.send(build(zone_enter(event="exit"), device_id="pole-a", seq=901))  # an end: none
@@ -91,6 +92,9 @@ async def test_edge_events_become_routed_alerts_that_operators_take_through_thei
             ("detection:person", "new", cleaning["id"]),
         ]
         covered, zone, person = items
+        assert person["detail"] == started.body.model_dump(mode="json"), "the body, as received"
+        assert isinstance(started.body, Detection)
+        assert person["occurred_at"] == started.body.frame_time.isoformat().replace("+00:00", "Z")
 
         # The lifecycle, with who and when.
         assert (await http.post(f"api/alerts/{zone['id']}/acknowledge")).json()["alert"]["status"] == "acknowledged"

@@ -45,7 +45,7 @@ def test_a_message_that_fails_in_the_database_costs_only_itself(database: str) -
         assert [(o.duplicate, o.error) for o in outcomes] == [
             (False, None), (False, "IntegrityError"), (True, None), (False, None),
         ]  # fmt: skip
-        assert outcomes[0].event is not None and outcomes[0].raised_alert
+        assert outcomes[0].event_row is not None and outcomes[0].raised_alert
         with sessions() as s:
             assert sorted(s.scalars(select(Event.event_id))) == ["earlier", "good", "later"]
             assert s.scalars(select(CameraHealthEvent)).all() == [], "the bad message's own row rolled back"
