@@ -187,6 +187,7 @@ def run(
     """Serve the REST API and the console, and ingest MQTT, until Ctrl-C or SIGTERM."""
     from pydantic import SecretStr, ValidationError
 
+    from . import startup_heap
     from .app import serve
     from .logs import setup_logging
 
@@ -237,6 +238,7 @@ def run(
     setup_logging(settings.log_level)
 
     def ready(url: str) -> None:
+        startup_heap.freeze()
         typer.echo(f"Polewatch console: {url}  (API docs: {url}docs)")
         sys.stdout.flush()
 

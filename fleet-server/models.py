@@ -30,8 +30,10 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.dialects.postgresql import JSONB
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, validates
 from sqlalchemy.types import TypeEngine
+
+from . import camera_signature
 
 # Deterministic constraint names, so a later migration can drop or alter them by name on both
 # engines (SQLite batch mode needs names to find them).
@@ -114,6 +116,15 @@ class Device(Base):
     last_health_at: Mapped[datetime | None] = mapped_column(
         UtcDateTime(), default=None, doc="sent_at of the health in last_health."
     )
+    camera_signature: Mapped[str | None] = mapped_column(
+        Text(), default=None, doc="last_health's cameras, for the roll-up (camera_signature.py)."
+    )
+
+    @validates("last_health")
+    def _keep_camera_signature(self, _key: str, report: dict[str, Any] | None) -> dict[str, Any] | None:
+        # Set with the report, so that no writer can leave the roll-up reading an older one.
+        self.camera_signature = camera_signature.of(report.get("cameras") if isinstance(report, dict) else None)
+        return report
 
 
 class Event(Base):

@@ -20,9 +20,10 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from sqlalchemy import String, and_, cast, literal_column, select
+from sqlalchemy import String, and_, cast, select
 from sqlalchemy.orm import Session, aliased
 
+from . import camera_signature
 from .models import CameraHealthEvent, Device, Pole, RegisteredDevice
 
 STALE_AFTER_S = 300.0  # five missed 60 s heartbeats: the box is gone even if its presence says online
@@ -128,55 +129,23 @@ def health_of(
     return out
 
 
-# The newest health report's cameras as one short string, `id<US>connected<US>state<RS>...`, made
-# in SQL: the roll-up then never parses whole reports, and the same string (same cameras in the same
-# condition, the usual case) is judged once per request, not once per device.
-_US, _RS = "\x1f", "\x1e"
-_CAMERA_SIGNATURE = {
-    "sqlite": (
-        "(SELECT group_concat(coalesce(json_extract(c.value, '$.camera_id'), '') || char(31) || "
-        "coalesce(json_extract(c.value, '$.connected'), 0) || char(31) || "
-        "coalesce(json_extract(c.value, '$.state'), ''), char(30)) "
-        "FROM json_each(devices.last_health, '$.cameras') AS c)"
-    ),
-    "postgresql": (
-        "(SELECT string_agg(coalesce(c->>'camera_id', '') || chr(31) || "
-        "CASE WHEN (c->>'connected') = 'true' THEN '1' ELSE '0' END || chr(31) || coalesce(c->>'state', ''), chr(30)) "
-        "FROM jsonb_array_elements(CASE WHEN jsonb_typeof(devices.last_health->'cameras') = 'array' "
-        "THEN devices.last_health->'cameras' ELSE '[]'::jsonb END) AS c)"
-    ),
-}
-
-
-def _reports(signature: str | None) -> list[dict[str, Any]]:
-    if not signature:
-        return []
-    out = []
-    for part in signature.split(_RS):
-        camera_id, connected, state = [*part.split(_US), "", "", ""][:3]
-        out.append({"camera_id": camera_id, "connected": connected in ("1", "true"), "state": state or None})
-    return out
-
-
 def rollup(
     session: Session, *, site_id: str | None = None, now: datetime | None = None, stale_after_s: float = STALE_AFTER_S
 ) -> Rollup:
     """Roll-up of the active registered devices (of one site, or the whole fleet).
 
-    Reads columns, not ORM objects, takes only what it needs out of each health report in SQL and
-    judges freshness in SQL: at 10,000 devices, building objects and parsing whole reports was
-    most of the time (see bench/registry.py)."""
+    Reads columns, not ORM objects, reads each report's cameras from the signature kept beside it
+    (camera_signature.py), and judges freshness in SQL: at 10,000 devices, building objects, then parsing
+    whole reports, then extracting the cameras in SQL were most of the time (bench/registry.py)."""
     now = now or datetime.now(timezone.utc)
     cutoff = now - timedelta(seconds=stale_after_s)
-    dialect = session.get_bind().dialect.name
-    signature = literal_column(_CAMERA_SIGNATURE.get(dialect, _CAMERA_SIGNATURE["sqlite"]), String())
     query = (
         select(
             RegisteredDevice.device_id,
             cast(RegisteredDevice.cameras, String()).label("expected"),
             Device.device_id.is_not(None).label("heard"),
             and_(Device.online, Device.last_seen >= cutoff).label("online"),
-            signature.label("signature"),
+            Device.camera_signature,
         )
         .outerjoin(Device, Device.device_id == RegisteredDevice.device_id)
         .where(RegisteredDevice.status == "active")
@@ -196,7 +165,7 @@ def rollup(
             members.append(device_id)
     result = Rollup()
     for (expected, heard, online, cameras, open_here), members in groups.items():
-        health = judge(json.loads(expected), heard, online, None, _reports(cameras), set(open_here or ()))
+        health = judge(json.loads(expected), heard, online, None, camera_signature.parse(cameras), set(open_here or ()))
         result.add_many(members, health)
     result.blind_spots.sort()
     return result

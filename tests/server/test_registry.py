@@ -14,6 +14,8 @@ import sqlalchemy as sa
 from polewatch.fleet_server import create_app
 from polewatch.fleet_server.db import make_engine, make_sessionmaker
 from polewatch.fleet_server.models import AuditEntry, CameraHealthEvent, Device
+from polewatch.fleet_server.store import Received, Store
+from polewatch.protocol import CameraStatus, Health, build
 from support.server import add_token, bearer, settings_for
 
 
@@ -125,6 +127,42 @@ async def test_groups_and_membership(database: str) -> None:
         assert (await client.delete("/api/groups/riverside/members/box-2")).status_code == 200
         assert (await client.get("/api/registry/devices", params={"group_id": "riverside"})).json()["items"] == []
     assert audit_actions(database).count("group.add") == 1
+
+
+async def test_the_roll_up_follows_the_newest_health_report_the_ingest_stores(database: str) -> None:
+    """The roll-up reads a device's cameras from the signature stored with its newest report
+    (camera_signature.py), not from the report: the two must change together, and a report that
+    arrives late (older by the device's clock) must change neither."""
+    now = datetime.now(timezone.utc)
+
+    def report(seq: int, cam2_up: bool, sent_ago_s: float) -> Received:
+        cameras = [CameraStatus(camera_id="cam1", connected=True, fps=12.0),
+                   CameraStatus(camera_id="cam2", connected=cam2_up, fps=12.0 if cam2_up else 0.0)]  # fmt: skip
+        body = Health(agent_version="0.4.0", uptime_s=60, cpu_percent=20, memory_percent=30, memory_rss_bytes=1,
+                      disk_percent=10, disk_free_bytes=1, cameras=cameras, detect_fps=5.0)  # fmt: skip
+        message = build(body, device_id="box-1", seq=seq)
+        return Received(message.model_copy(update={"sent_at": now - timedelta(seconds=sent_ago_s)}), now)
+
+    async def fleet(client: httpx.AsyncClient) -> tuple[dict[str, int], list[tuple[str, str]]]:
+        answer = (await client.get("/api/fleet/health")).json()
+        return answer["cameras"], [(b["device_id"], b["camera_id"]) for b in answer["blind_spots"]]
+
+    engine = make_engine(database)
+    try:
+        store = Store(make_sessionmaker(engine))
+        async with client_as(database) as client:
+            await seed(client)
+            body = {"device_id": "box-1", "pole_id": "bts-001", "cameras": ["cam1", "cam2"]}
+            assert (await client.post("/api/registry/devices", json=body)).status_code == 201
+
+            assert not any(o.error or o.duplicate for o in store.apply_batch([report(1, False, sent_ago_s=10)]))
+            assert await fleet(client) == ({"up": 1, "degraded": 0, "down": 1}, [("box-1", "cam2")])
+            store.apply_batch([report(2, True, sent_ago_s=60)])  # older than the one stored: history only
+            assert await fleet(client) == ({"up": 1, "degraded": 0, "down": 1}, [("box-1", "cam2")])
+            store.apply_batch([report(3, True, sent_ago_s=1)])
+            assert await fleet(client) == ({"up": 2, "degraded": 0, "down": 0}, [])
+    finally:
+        engine.dispose()
 
 
 async def test_health_roll_up_per_device_site_and_fleet(database: str) -> None:
