@@ -8,6 +8,7 @@ The migrations in migrations/versions must produce exactly this metadata; a test
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
 
@@ -56,6 +57,9 @@ class _SqliteUtcText(sqlite.DATETIME):
 
     def bind_processor(self, dialect: Dialect) -> None:
         return None
+
+    def literal_processor(self, dialect: Dialect) -> Callable[[str], str]:
+        return lambda text: f"'{text}'"  # digits, '-', ':', '.' and a space: nothing to escape
 
 
 class UtcDateTime(TypeDecorator[datetime]):
