@@ -156,7 +156,7 @@ def raise_many(
     alert_table: Table = Alert.__table__  # type: ignore[assignment]
     step_table: Table = AlertStep.__table__  # type: ignore[assignment]
     # No RETURNING: one executemany. The body goes in as the JSON pydantic writes, not as a dict
-    # for the JSON type to serialise again (a tenth of the ingest's time, bench/ingest.py).
+    # for the JSON type to serialise again (that was a tenth of the store's time per detection).
     session.execute(insert(alert_table).values(detail=_json_text(session, "detail_json")), raised)
     _lock_steps(session)
     # Each new alert's `created` step, made from its row by the database: no ids travel back to
