@@ -262,20 +262,8 @@ class Uplink:
                     self.connected = True
                     attempt = 0
                     log.info("connected to broker", extra={"broker": f"{config.host}:{config.port}"})
-                    await client.publish(
-                        topics.up(self.device_id, "presence"),
-                        await asyncio.to_thread(self._presence, "online", "connected"),
-                        qos=1,
-                        retain=True,
-                        timeout=PUBLISH_TIMEOUT_S,
-                    )
-                    # On every connect, also when the broker says it kept our session: a broker
-                    # restarted without persistence has forgotten the subscription (and says so
-                    # only through a flag some brokers get wrong), and subscribing again is harmless.
-                    await client.subscribe(topics.device_down_filter(self.device_id), qos=1)
-                    self.subscriptions += 1
                     try:
-                        await _first_failure(self._drain(client), self._listen(client))
+                        await _first_failure(self._set_up_and_drain(client), self._listen(client))
                     except _Switching:
                         await self._leave(client)
                     finally:
@@ -323,6 +311,24 @@ class Uplink:
             await client.publish(topics.up(self.device_id, "presence"),
                                  await asyncio.to_thread(self._presence, "offline", reason),
                                  qos=1, retain=True, timeout=5)  # fmt: skip
+
+    async def _set_up_and_drain(self, client: aiomqtt.Client) -> None:
+        """Announce `online`, subscribe, then drain. Beside `_listen` from the start, whose iterator
+        raises the moment the link is lost: aiomqtt does not fail a publish or a subscribe whose
+        connection drops, so awaited alone they kept a dead session `connected` until their timeout."""
+        await client.publish(
+            topics.up(self.device_id, "presence"),
+            await asyncio.to_thread(self._presence, "online", "connected"),
+            qos=1,
+            retain=True,
+            timeout=PUBLISH_TIMEOUT_S,
+        )
+        # On every connect, also when the broker says it kept our session: a broker restarted
+        # without persistence has forgotten the subscription (and says so only through a flag some
+        # brokers get wrong), and subscribing again is harmless.
+        await client.subscribe(topics.device_down_filter(self.device_id), qos=1)
+        self.subscriptions += 1
+        await self._drain(client)
 
     async def _listen(self, client: aiomqtt.Client) -> None:
         """Read the down branch; the iterator also raises as soon as the link is lost."""

@@ -15,6 +15,7 @@ from polewatch.agent.config import MqttConfig
 from polewatch.agent.uplink.outbox import Outbox
 from polewatch.agent.uplink.session import Uplink
 from polewatch.protocol import Presence, PresenceMessage, decode, topics
+from support.blackhole import blackhole_proxy
 from support.brokers import USERS, BrokerProcess
 
 pytestmark = pytest.mark.mqtt
@@ -93,6 +94,30 @@ async def test_messages_wait_on_disk_while_the_broker_is_down(broker: BrokerProc
     received = {decode(m.payload).id for m in got}
     assert uplink.reconnects >= 1
     assert {m.id for m in during} <= received or outbox.pending_count() == 0
+
+
+async def test_a_link_lost_while_the_session_is_being_set_up_ends_it_at_once(
+    broker: BrokerProcess, tmp_path: Path
+) -> None:
+    """The broker answers CONNECT, then dies before it acknowledges the `online` presence. aiomqtt
+    does not fail a publish whose connection drops, so a session that awaited it alone stayed
+    `connected` (and did not reconnect) until the publish timed out, 15 s later (seen in CI, when
+    a test killed the broker the moment the box was connected)."""
+    with blackhole_proxy(broker.host, broker.port) as proxy:
+        proxy.reply_limit = 4  # the CONNACK, nothing after it: the presence stays unacknowledged
+        config = _config(broker).model_copy(update={"host": proxy.host, "port": proxy.port})
+        outbox = Outbox(tmp_path / "outbox.db", "pole-a")
+        uplink = Uplink(config, outbox, device_id="pole-a", agent_version="test")
+        async with running(uplink):
+            assert await _wait_for(lambda: uplink.connected, 10)
+            await asyncio.sleep(0.5)  # well into the wait for the presence's PUBACK
+            assert uplink.connected and uplink.reconnects == 0
+            proxy.drop_all()
+            lost = asyncio.get_running_loop().time()
+            assert await _wait_for(lambda: not uplink.connected, 15)
+            assert asyncio.get_running_loop().time() - lost < 2.0, "the loss is seen at once, not at a timeout"
+            proxy.reply_limit = None
+            assert await _wait_for(lambda: uplink.reconnects >= 1 and uplink.connected, 15), "and it reconnects"
 
 
 async def test_online_presence_is_retained(broker: BrokerProcess, tmp_path: Path) -> None:

@@ -6,6 +6,10 @@ different, friendlier failure (the peer sees FIN or RST at once). While `cut` is
 neither reads nor writes any socket, so nothing is delivered, acknowledged or closed; connections
 opened meanwhile are accepted by the kernel and left hanging. `resume` forwards again: connections
 one side gave up on meanwhile are then closed on the other side too.
+
+Two finer faults for tests that need a connection in one exact state: `reply_limit` forwards only
+that many bytes from the server to each client (say, MQTT's 4-byte CONNACK, and no acknowledgement
+after it), and `drop_all()` closes every connection at once, as a server that dies does.
 """
 
 from __future__ import annotations
@@ -35,6 +39,9 @@ class TcpBlackhole:
         self._sel: selectors.BaseSelector | None = None
         self._registered: set[socket.socket] = set()
         self._thread = threading.Thread(target=self._run, name="tcp-blackhole", daemon=True)
+        self._drop_all = threading.Event()
+        self._replied: dict[socket.socket, int] = {}  # upstream socket -> bytes forwarded to its client
+        self.reply_limit: int | None = None
         self.connections = 0
 
     def start(self) -> None:
@@ -45,6 +52,10 @@ class TcpBlackhole:
 
     def resume(self) -> None:
         self._cut.clear()
+
+    def drop_all(self) -> None:
+        """Close every connection (both sides), as a server that dies would; new ones still work."""
+        self._drop_all.set()
 
     def close(self) -> None:
         self._stop.set()
@@ -61,6 +72,10 @@ class TcpBlackhole:
         sel = self._sel = selectors.DefaultSelector()
         sel.register(self._listener, selectors.EVENT_READ)
         while not self._stop.is_set():
+            if self._drop_all.is_set():
+                for client in [sock for sock in self._peers if sock not in self._replied]:
+                    self._drop(client, self._peers[client])
+                self._drop_all.clear()
             cut = self._cut.is_set()
             if not cut:
                 for client in self._waiting:
@@ -103,13 +118,18 @@ class TcpBlackhole:
         upstream.setblocking(True)
         self._peers[client] = upstream
         self._peers[upstream] = client
+        self._replied[upstream] = 0
 
     def _forward(self, sock: socket.socket) -> None:
         peer = self._peers[sock]
         try:
             data = sock.recv(65536)
             if data:
-                peer.sendall(data)
+                if sock in self._replied and self.reply_limit is not None:
+                    data = data[: max(0, self.reply_limit - self._replied[sock])]  # the rest is held back
+                    self._replied[sock] += len(data)
+                if data:
+                    peer.sendall(data)
                 return
         except OSError:
             pass
@@ -118,6 +138,7 @@ class TcpBlackhole:
     def _drop(self, a: socket.socket, b: socket.socket) -> None:
         for sock in (a, b):
             self._peers.pop(sock, None)
+            self._replied.pop(sock, None)
             if sock in self._registered and self._sel is not None:
                 self._registered.discard(sock)
                 with contextlib.suppress(KeyError, ValueError, OSError):
