@@ -57,7 +57,14 @@ class OutboxState:
 
         self._lock = threading.Lock()  # sequence numbers and queue order
         self._stats_lock = threading.Lock()  # counters read by status() from other threads
-        self._queue: queue.SimpleQueue[_Command] = queue.SimpleQueue()
+        # queue.Queue, not SimpleQueue. On 3.10 and 3.11, SimpleQueue.get(timeout=t) recomputes the
+        # time left after it takes its lock and passes it on unchecked: if that lock was left free by
+        # an earlier put and the queue is empty, a short timeout comes out negative, which the C lock
+        # takes as "wait forever" (3.13 rewrote it). The writer's commit window makes such timeouts
+        # common: in CI on 3.10 a writer sat in an untimed futex wait inside that get (py-spy and
+        # /proc) with 1290 messages gathered and uncommitted, their producers waiting with it.
+        # queue.Queue counts its timeouts in Python.
+        self._queue: queue.Queue[_Command] = queue.Queue()
         self._closed = False
         self._listeners: list[Callable[[], None]] = []
         self._topics: dict[str, str] = {}
