@@ -33,6 +33,7 @@
   let loaded = false; // the list was loaded (after the first `ready`)
   let olderCursor = null;
   let selected = null;
+  let shown = null; // the alert whose detail is on screen (its agency choice survives a refresh)
   let lostAt = null; // when the stream dropped, while it is down
 
   function setLink(state, text) {
@@ -165,9 +166,14 @@
     }
     const assign = $("assign-agency");
     assign.hidden = !OPEN.includes(detail.status);
+    // A refresh of the same alert (after a refused step, or a step from the live stream) keeps the
+    // agency the operator has chosen, or the next "assign" would silently go without it.
+    const chosen = shown === id ? assign.value : "";
+    shown = id;
     const routed = detail.routed_agency_id ? `routed: ${agencyName(detail.routed_agency_id)}` : "choose an agency";
     assign.replaceChildren(new Option(routed, ""));
     for (const a of agencies.values()) assign.append(new Option(a.name, String(a.id)));
+    if ([...assign.options].some((o) => o.value === chosen)) assign.value = chosen;
 
     $("alert-timeline").replaceChildren(...detail.steps.map((s) => {
       const li = el("li", `step ${s.step}`);
