@@ -34,7 +34,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, validates
 from sqlalchemy.types import TypeEngine
 
-from . import camera_signature
+from .camera_signature import of as camera_signature_of
 
 # Deterministic constraint names, so a later migration can drop or alter them by name on both
 # engines (SQLite batch mode needs names to find them).
@@ -127,7 +127,7 @@ class Device(Base):
     @validates("last_health")
     def _keep_camera_signature(self, _key: str, report: dict[str, Any] | None) -> dict[str, Any] | None:
         # Set with the report, so that no writer can leave the roll-up reading an older one.
-        self.camera_signature = camera_signature.of(report.get("cameras") if isinstance(report, dict) else None)
+        self.camera_signature = camera_signature_of(report.get("cameras") if isinstance(report, dict) else None)
         return report
 
 

@@ -8,8 +8,8 @@ opened meanwhile are accepted by the kernel and left hanging. `resume` forwards 
 one side gave up on meanwhile are then closed on the other side too.
 
 Two finer faults for tests that need a connection in one exact state: `reply_limit` forwards only
-that many bytes from the server to each client (say, MQTT's 4-byte CONNACK, and no acknowledgement
-after it), and `drop_all()` closes every connection at once, as a server that dies does.
+that many bytes from the server to each client and drops the rest (say, MQTT's 4-byte CONNACK, and
+no acknowledgement after it), and `drop_all()` closes every connection at once, as a server that dies does.
 """
 
 from __future__ import annotations
@@ -126,7 +126,7 @@ class TcpBlackhole:
             data = sock.recv(65536)
             if data:
                 if sock in self._replied and self.reply_limit is not None:
-                    data = data[: max(0, self.reply_limit - self._replied[sock])]  # the rest is held back
+                    data = data[: max(0, self.reply_limit - self._replied[sock])]  # the rest is dropped, never sent
                     self._replied[sock] += len(data)
                 if data:
                     peer.sendall(data)
